@@ -1,0 +1,545 @@
+#!/usr/bin/env python
+"""i2i-zoo command line: run | list | report | perf | assets | train | data.
+
+`python benchmark.py` alone runs the default benchmark: every registered method that fits the bundled sample
+suite, tiny presets, CPU, into runs/default/, and ends with the report. `python benchmark.py --methods a b
+--tasks t` is the same as `python benchmark.py run --methods a b --tasks t`.
+
+A run directory is the unit of reproducibility (DESIGN.md): outputs are keyed by (method, config hash, weights
+id, seed, input hash), written atomically with a sidecar holding the key, so a killed run resumes without
+recomputing finished samples and a changed configuration never reuses stale outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SUBCOMMANDS = ("run", "list", "report", "perf", "assets", "train", "data")
+DEFAULT_OUT = Path("runs") / "default"
+PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "peft", "accelerate", "clean-fid", "lpips", "timm",
+            "open_clip_torch", "numpy", "pillow", "pandas", "scikit-image")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# small pure helpers
+# ----------------------------------------------------------------------------------------------------------------
+def sample_seed(run_seed: int, sample_id: str) -> int:
+    """Per-sample seed from (run seed, sample id): results do not depend on batch size, order or process count."""
+    digest = hashlib.sha256(f"{run_seed}/{sample_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def parse_overrides(items: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+    """`--set sdedit.strength=0.6` -> {"sdedit": {"strength": 0.6}} (values parsed as Python literals)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        method, dot, option = key.partition(".")
+        if not sep or not dot or not method or not option:
+            raise SystemExit(f"error: --set expects METHOD.OPTION=VALUE, got {item!r}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        out.setdefault(method, {})[option] = value
+    return out
+
+
+def _git_sha() -> str:
+    try:
+        root = Path(__file__).resolve().parent
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if sha.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the run directory
+# ----------------------------------------------------------------------------------------------------------------
+class RunLock:
+    """One writer per run directory. A lock left by a killed process (its PID is gone) is taken over."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "run.lock"
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().split()[0])
+                except (OSError, ValueError, IndexError):
+                    pid = -1
+                if pid > 0 and pid != os.getpid() and _pid_alive(pid):
+                    raise SystemExit(
+                        f"error: {self.path.parent} is in use by a running benchmark (pid {pid}). Wait for it, "
+                        f"or use another --out; if no such run is going on, delete {self.path}"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # stale: its owner is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()} {platform.node()}\n")
+            return self
+        raise SystemExit(f"error: could not take the lock {self.path}")
+
+    def __exit__(self, *exc: Any) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class WorkItem:
+    method: str
+    task: str
+    kind: str
+    sample: Any  # datasets.Sample
+    key: str = ""
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    methods: list[str]
+    tasks: list[str]
+    out: Path
+    preset: str = "tiny"
+    weights: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+    batch_size: int = 1
+    max_samples: int | None = None
+    resolution: int | None = None
+    quiet: bool = False
+    evaluate: bool = True
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    explicit: bool = False  # the user named methods and tasks: a kind mismatch is worth a warning
+
+
+def _out_paths(run_dir: Path, method: str, task: str, sample_id: str) -> tuple[Path, Path]:
+    base = run_dir / "outputs" / method / task
+    return base / f"{sample_id}.png", base / f"{sample_id}.json"
+
+
+def _failure_path(run_dir: Path, method: str, task: str, sample_id: str) -> Path:
+    return run_dir / "failures" / method / task / f"{sample_id}.json"
+
+
+def _record_failure(run_dir: Path, item: WorkItem, phase: str, err: BaseException) -> None:
+    from eval.store import atomic_write_json
+
+    atomic_write_json(_failure_path(run_dir, item.method, item.task, item.sample.id), {
+        "method": item.method, "task": item.task, "sample": item.sample.id, "phase": phase, "key": item.key,
+        "error": f"{type(err).__name__}: {err}",
+        "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)),
+    })
+
+
+def _is_done(run_dir: Path, item: WorkItem) -> bool:
+    from eval.store import read_json, sha256_file
+
+    png, meta = _out_paths(run_dir, item.method, item.task, item.sample.id)
+    info = read_json(meta)
+    if not info or info.get("key") != item.key or not png.exists():
+        return False
+    return info.get("png_sha256") == sha256_file(png)  # a PNG swapped or damaged after the fact is redone
+
+
+def save_png(image: Any, path: Path) -> str:
+    """Write a 3 x H x W float [0, 1] tensor as an 8-bit PNG (atomic); returns the PNG's sha256."""
+    import numpy as np
+    from PIL import Image
+
+    from eval.store import atomic_path, sha256_file
+
+    arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+    return sha256_file(path)
+
+
+def _sample_tensors(sample: Any, kind: str) -> dict[str, Any]:
+    """A Sample's images as 1 x C x H x W float tensors (the TranslationInput fields)."""
+    from datasets import to_tensor
+
+    out = {"images": to_tensor(sample.image)}
+    for name in ("condition", "reference", "mask"):
+        img = getattr(sample, name)
+        out[name] = to_tensor(img) if img is not None else None
+    return out
+
+
+def input_hash(sample: Any, kind: str, direction: str) -> str:
+    from eval.store import hash_array, hash_obj
+
+    tensors = _sample_tensors(sample, kind)
+    return hash_obj(kind, direction, sample.src_prompt, sample.tgt_prompt,
+                    {k: hash_array(v) if v is not None else None for k, v in tensors.items()})
+
+
+def _save_inputs(run_dir: Path, task: str, samples: Sequence[Any]) -> None:
+    """The prepared inputs, for report grids and metrics that compare against the input or the target."""
+    from datasets import to_tensor
+
+    for s in samples:
+        for suffix, img in (("", s.image), (".condition", s.condition), (".reference", s.reference),
+                            (".target", s.target)):
+            path = run_dir / "inputs" / task / f"{s.id}{suffix}.png"
+            if img is not None and not path.exists():
+                save_png(to_tensor(img)[0], path)
+
+
+def _batches(items: list[WorkItem], batch_size: int) -> list[list[WorkItem]]:
+    """Batches of equal image size, in a deterministic order."""
+    by_size: dict[tuple[int, int], list[WorkItem]] = {}
+    for it in items:
+        by_size.setdefault(it.sample.image.size, []).append(it)
+    out = []
+    for group in by_size.values():
+        out += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+    return out
+
+
+def _translate_batch(model: Any, batch: list[WorkItem], cfg: RunConfig, direction: str, run_dir: Path) -> int:
+    """Translate and save one batch; on failure retry its samples one by one. Returns the number saved."""
+    import torch
+
+    from eval.store import atomic_write_json
+    from eval.timing import measure
+    from methods import TranslationInput
+
+    tensors = [_sample_tensors(it.sample, it.kind) for it in batch]
+
+    def cat(name: str) -> Any:
+        vals = [t[name] for t in tensors]
+        return torch.cat(vals) if all(v is not None for v in vals) else None
+
+    try:
+        inp = TranslationInput(
+            images=cat("images"), condition=cat("condition"), reference=cat("reference"), mask=cat("mask"),
+            src_prompts=[it.sample.src_prompt for it in batch], tgt_prompts=[it.sample.tgt_prompt for it in batch],
+            direction=direction, ids=[it.sample.id for it in batch],
+        )
+        model.check_input(inp, batch[0].kind)
+        gens = [torch.Generator(device=cfg.device).manual_seed(it.seed) for it in batch]
+        with torch.inference_mode(False), measure(cfg.device) as m:
+            out = model.translate(inp, generator=gens)
+        images = out.images
+        expected = (len(batch), 3, *inp.size)
+        if tuple(images.shape) != expected:
+            raise RuntimeError(f"method returned images of shape {tuple(images.shape)}, expected {expected}")
+    except Exception as err:
+        if len(batch) > 1:  # isolate the failing sample(s); the others still get done
+            return sum(_translate_batch(model, [it], cfg, direction, run_dir) for it in batch)
+        _record_failure(run_dir, batch[0], "translate", err)
+        return 0
+    saved = 0
+    for i, it in enumerate(batch):
+        img = images[i]
+        if not torch.isfinite(img).all():
+            _record_failure(run_dir, it, "translate", FloatingPointError("output contains NaN or inf; not scored"))
+            continue
+        png, meta = _out_paths(run_dir, it.method, it.task, it.sample.id)
+        try:
+            digest = save_png(img, png)
+            atomic_write_json(meta, {
+                "key": it.key, "seed": it.seed, "png_sha256": digest, "seconds": m.seconds / len(batch),
+                "batch_seconds": m.seconds, "batch_size": len(batch), "peak_mem_bytes": m.peak_mem_bytes,
+                "mem_kind": m.mem_kind, "extras": _jsonable(out.extras[i] if i < len(out.extras) else {}),
+            })
+        except OSError as err:
+            _record_failure(run_dir, it, "save", err)
+            continue
+        _failure_path(run_dir, it.method, it.task, it.sample.id).unlink(missing_ok=True)
+        saved += 1
+    return saved
+
+
+def _jsonable(extras: dict[str, Any]) -> dict[str, Any]:
+    """Keep the JSON-able scalars of a method's extras (tensors like inverted noise stay out of the sidecar)."""
+    return {k: v for k, v in extras.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+def run(cfg: RunConfig) -> Path:
+    """Generate outputs for every (method, task, sample), then evaluate and report. Returns the run directory."""
+    import methods
+    from datasets import get_task
+    from eval.store import atomic_write_json, read_json
+    from methods.common.loading import weights_identity
+
+    run_dir = cfg.out
+    tqdm = _tqdm(cfg.quiet)
+    with RunLock(run_dir):
+        manifest = read_json(run_dir / "manifest.json", {}) or {}
+        manifest.update({
+            "created": manifest.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(sys.argv), "git_sha": _git_sha(), "versions": _versions(),
+            "device": cfg.device, "device_name": _device_name(cfg.device), "dtype": cfg.dtype, "seed": cfg.seed,
+            "preset": cfg.preset, "batch_size": cfg.batch_size, "platform": platform.platform(),
+        })
+        manifest.setdefault("methods", {})
+        manifest.setdefault("tasks", {})
+        skipped = []
+
+        tasks = {}
+        for name in cfg.tasks:
+            task = get_task(name)
+            samples = task.load(cfg.max_samples)
+            if cfg.resolution:
+                from datasets.images import prepare
+
+                samples = [_resized(s, cfg.resolution, prepare) for s in samples]
+            tasks[name] = (task, samples)
+            _save_inputs(run_dir, name, samples)
+            manifest["tasks"][name] = {"kind": task.kind, "n_samples": len(samples), "description": task.description,
+                                       "direction": task.direction, "metrics": list(task.metrics),
+                                       "resolution": cfg.resolution or task.resolution}
+        atomic_write_json(run_dir / "manifest.json", manifest)
+
+        for mname in cfg.methods:
+            cls = methods.get(mname)
+            card = cls.card
+            overrides = cfg.overrides.get(mname, {})
+            preset = cfg.preset if cfg.preset in card.weights else "tiny" if cfg.preset.startswith("tiny") else "paper"
+            source = cfg.weights or card.weights_for(preset)
+            config = cls.resolve_config(preset, overrides)
+            from methods.base import config_hash
+
+            wid = weights_identity(source)
+            items: list[WorkItem] = []
+            for tname, (task, samples) in tasks.items():
+                if task.kind not in card.kinds:
+                    skipped.append({"method": mname, "task": tname,
+                                    "reason": f"{mname} does not support {task.kind!r} tasks"})
+                    continue
+                for s in samples:
+                    seed = sample_seed(cfg.seed, s.id)
+                    key = hashlib.sha256(json.dumps(
+                        [mname, config_hash(config), wid, seed, input_hash(s, task.kind, task.direction),
+                         cfg.dtype], default=str).encode()).hexdigest()
+                    items.append(WorkItem(mname, tname, task.kind, s, key, seed))
+            manifest["methods"][mname] = {
+                "paper": card.paper, "url": card.url, "preset": preset, "weights": str(source), "weights_id": wid,
+                "weights_label": "random" if str(source).startswith("tiny:") else
+                                 "n/a" if source == "none" else "real",
+                "config": config, "config_hash": config_hash(config),
+            }
+            pending = [it for it in items if not _is_done(run_dir, it)]
+            done = len(items) - len(pending)
+            if not pending:
+                _log(cfg, f"{mname}: all {len(items)} outputs up to date")
+                continue
+            _log(cfg, f"{mname}: {len(pending)} to do, {done} up to date (weights {source})")
+            try:
+                model = cls.from_pretrained(None if source == "none" else source, preset=preset, device=cfg.device,
+                                            dtype=cfg.dtype, **overrides)
+            except Exception as err:
+                for it in pending:
+                    _record_failure(run_dir, it, "load", err)
+                _log(cfg, f"{mname}: failed to load: {type(err).__name__}: {err}", err=True)
+                continue
+            by_task: dict[str, list[WorkItem]] = {}
+            for it in pending:
+                by_task.setdefault(it.task, []).append(it)
+            for tname, titems in by_task.items():
+                bar = tqdm(total=len(titems), desc=f"{mname} / {tname}", unit="img", leave=False)
+                for batch in _batches(titems, cfg.batch_size):
+                    n = _translate_batch(model, batch, cfg, tasks[tname][0].direction, run_dir)
+                    bar.update(len(batch))
+                    if n < len(batch):
+                        bar.set_postfix(failed=len(batch) - n)
+                bar.close()
+            del model
+        if cfg.explicit:
+            for s in skipped:
+                _log(cfg, f"skipped {s['method']} on {s['task']}: {s['reason']}", err=True)
+        manifest["skipped"] = skipped
+        manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        atomic_write_json(run_dir / "manifest.json", manifest)
+        if cfg.evaluate:
+            _evaluate_and_report(run_dir, cfg)
+    return run_dir
+
+
+def _resized(sample: Any, resolution: int, prepare: Any) -> Any:
+    from dataclasses import replace
+
+    fields = {n: prepare(getattr(sample, n), resolution) for n in ("image", "condition", "target", "reference", "mask")
+              if getattr(sample, n) is not None}
+    return replace(sample, **fields)
+
+
+def _evaluate_and_report(run_dir: Path, cfg: RunConfig) -> None:
+    """Evaluation and the report; wired in by the eval/report modules (see _evaluate in this file)."""
+    try:
+        import reports  # noqa: F401
+    except ImportError:
+        return
+
+
+def _log(cfg: RunConfig, msg: str, err: bool = False) -> None:
+    if not cfg.quiet or err:
+        print(msg, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _tqdm(quiet: bool) -> Any:
+    from functools import partial
+
+    from tqdm.auto import tqdm
+
+    return partial(tqdm, disable=quiet)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# subcommands
+# ----------------------------------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    import methods
+    from datasets import list_tasks
+
+    all_tasks = list_tasks()
+    bundled = [t.name for t in all_tasks if t.bundled]
+    names = args.methods or methods.list()
+    for n in names:
+        methods.get(n)  # unknown names fail here, with the closest match
+    task_names = args.tasks or bundled
+    cfg = RunConfig(
+        methods=names, tasks=task_names, out=Path(args.out), preset=args.preset, weights=args.weights,
+        device=args.device, dtype=args.dtype, seed=args.seed, batch_size=args.batch_size,
+        max_samples=args.max_samples, resolution=args.resolution, quiet=args.quiet, evaluate=not args.no_eval,
+        overrides=parse_overrides(args.set), explicit=bool(args.methods and args.tasks),
+    )
+    if args.weights and len(names) != 1:
+        raise SystemExit("error: --weights applies to a single method; pass exactly one --methods NAME with it")
+    run_dir = run(cfg)
+    n_out = sum(1 for _ in (run_dir / "outputs").rglob("*.png")) if (run_dir / "outputs").exists() else 0
+    n_fail = sum(1 for _ in (run_dir / "failures").rglob("*.json")) if (run_dir / "failures").exists() else 0
+    print(f"done: {n_out} outputs, {n_fail} failures in {run_dir.resolve()}")
+    report = run_dir / "report.md"
+    if report.exists():
+        print(f"report: {report.resolve()} (and report.html)")
+    return 1 if n_out == 0 else 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import methods
+    from datasets import list_tasks
+
+    print("methods:")
+    for name, card in methods.cards().items():
+        print(f"  {name:16s} {card.year or '':4} kinds={','.join(sorted(card.kinds))}  presets={','.join(card.weights)}")
+    print("tasks:")
+    for t in list_tasks():
+        where = "bundled" if t.bundled else "download"
+        print(f"  {t.name:18s} {t.kind:16s} {where:8s} {t.description}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from reports import write_report
+
+    md, html = write_report(Path(args.run_dir))
+    print(f"report: {md}\n        {html}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help"):
+        argv.insert(0, "run")  # `python benchmark.py --methods a b` is `python benchmark.py run --methods a b`
+    parser = argparse.ArgumentParser(prog="benchmark.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="generate, evaluate and report (the default)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--methods", nargs="+", help="registered method names (default: all that fit the tasks)")
+    p.add_argument("--tasks", nargs="+", help="task names (default: the bundled sample suite)")
+    p.add_argument("--preset", default="tiny", help="weights preset of every method: tiny | paper | ...")
+    p.add_argument("--weights", help="local dir/file or hub id overriding the preset (one method only)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--max-samples", type=int, help="at most this many samples per task")
+    p.add_argument("--resolution", type=int, help="resize+center-crop every sample to this size")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="run directory")
+    p.add_argument("--set", nargs="+", metavar="METHOD.OPTION=VALUE", help="override a method hyper-parameter")
+    p.add_argument("--no-eval", action="store_true", help="generate only: skip metrics and the report")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("list", help="methods, tasks and presets")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("report", help="(re)build report.md/report.html of a run directory from its files")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+
+    args = parser.parse_args(argv)
+    if getattr(args, "batch_size", 1) < 1:
+        parser.error("--batch-size must be >= 1")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted: finished outputs are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        from methods import InputError, UnknownMethodError, WeightsNotFoundError
+
+        if isinstance(err, (InputError, UnknownMethodError, WeightsNotFoundError)) or type(err).__name__ in {
+            "DataError", "UnknownTaskError"}:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

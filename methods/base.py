@@ -1,0 +1,256 @@
+"""The one interface every method implements: a card that says what it is, and a Translator that runs it.
+
+Nothing here imports torch at module import time, so that the registry can list methods (and read their cards)
+without pulling in the deep-learning stack. Tensor work happens inside the methods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from os import PathLike
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+KINDS = frozenset({"unpaired", "paired", "text-edit", "image-guided", "mask-to-image", "sketch-to-image"})
+DIRECTIONS = ("a2b", "b2a")
+
+
+class InputError(ValueError):
+    """A user-fixable problem with the data handed to a method (wrong size, missing prompt, wrong kind...)."""
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """The weights a method needs are not on this machine (offline, wrong path)."""
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One hyper-parameter default and where it comes from (paper section, authors' code path, our choice)."""
+
+    value: Any
+    source: str
+
+
+@dataclass(frozen=True)
+class MethodCard:
+    """What a method is, for users, the registry and the report (timm's PretrainedCfg, for translators)."""
+
+    name: str
+    paper: str
+    year: int
+    url: str
+    kinds: frozenset[str]
+    needs_training: bool
+    weights: Mapping[str, str]  # preset -> source (hub id, URL, local path or "tiny:<name>")
+    defaults: Mapping[str, HParam]
+    license: str
+    size_multiple: int = 1  # inputs' H and W must be multiples of this (8 for latent-diffusion methods)
+    min_size: int = 1  # smallest H or W the method takes
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name != self.name.strip().lower() or " " in self.name:
+            raise ValueError(f"method name {self.name!r} must be lowercase with no spaces (e.g. 'cyclegan-turbo')")
+        unknown = set(self.kinds) - KINDS
+        if unknown:
+            raise ValueError(f"method {self.name!r}: unknown task kinds {sorted(unknown)}; known: {sorted(KINDS)}")
+        if "tiny" not in self.weights:
+            raise ValueError(f"method {self.name!r} needs a 'tiny' preset in its weights (tests and CI run on it)")
+        for key, hp in self.defaults.items():
+            if not isinstance(hp, HParam):
+                raise TypeError(f"method {self.name!r}: default {key!r} must be an HParam(value, source)")
+
+    def default_config(self) -> dict[str, Any]:
+        """The defaults as plain values (what a run uses unless overridden)."""
+        return {k: hp.value for k, hp in self.defaults.items()}
+
+    def resolve_config(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults updated with user overrides; an unknown key is an error naming the known ones.
+
+        Overrides whose value is None are dropped (timm's factory rule), so CLI flags that were not given
+        do not clobber defaults.
+        """
+        config = self.default_config()
+        for key, value in (overrides or {}).items():
+            if value is None:
+                continue
+            if key not in config:
+                raise InputError(
+                    f"{self.name}: unknown option {key!r}; known options: {', '.join(sorted(config)) or '(none)'}"
+                )
+            config[key] = value
+        return config
+
+    def weights_for(self, preset: str) -> str:
+        try:
+            return self.weights[preset]
+        except KeyError:
+            raise InputError(
+                f"{self.name}: unknown preset {preset!r}; presets: {', '.join(self.weights)} "
+                "(or pass a local directory / hub id as --weights)"
+            ) from None
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """A stable short hash of a JSON-able configuration (keys sorted)."""
+    blob = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class TranslationInput:
+    """A batch handed to `Translator.translate`. All images are float tensors B x C x H x W in [0, 1].
+
+    `images` is what gets translated; `condition` (edge map, sketch, semantic mask) drives conditional methods;
+    `reference` is the style image of image-guided methods; `target` is the ground truth of paired tasks (never
+    shown to a method, carried for metrics); `direction` selects a2b / b2a for two-way unpaired methods.
+    """
+
+    images: torch.Tensor
+    src_prompts: Sequence[str | None] | None = None
+    tgt_prompts: Sequence[str | None] | None = None
+    condition: torch.Tensor | None = None
+    reference: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    direction: str = "a2b"
+    ids: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        import torch
+
+        if not isinstance(self.images, torch.Tensor) or self.images.ndim != 4 or self.images.shape[1] != 3:
+            shape = tuple(self.images.shape) if isinstance(self.images, torch.Tensor) else type(self.images)
+            raise InputError(f"images must be a float tensor B x 3 x H x W, got {shape}")
+        b = self.images.shape[0]
+        if self.ids is None:
+            self.ids = [str(i) for i in range(b)]
+        for name in ("images", "condition", "reference", "mask"):
+            t = getattr(self, name)
+            if t is None:
+                continue
+            if not t.is_floating_point():
+                raise InputError(f"{name} must be a float tensor in [0, 1] (got {t.dtype}); divide uint8 by 255")
+            if t.ndim != 4 or t.shape[0] != b:
+                raise InputError(f"{name} must be B x C x H x W with B={b}, got {tuple(t.shape)}")
+            if t.numel() and (float(t.min()) < -1e-4 or float(t.max()) > 1 + 1e-4):
+                raise InputError(
+                    f"{name} must lie in [0, 1], got [{float(t.min()):.3f}, {float(t.max()):.3f}]; "
+                    "images in [-1, 1] should be mapped with (x + 1) / 2"
+                )
+        for name in ("src_prompts", "tgt_prompts", "ids"):
+            seq = getattr(self, name)
+            if seq is not None and len(seq) != b:
+                raise InputError(f"{name} has {len(seq)} entries for a batch of {b}")
+        if self.direction not in DIRECTIONS:
+            raise InputError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    def select(self, index: Sequence[int]) -> TranslationInput:
+        """The sub-batch of the given sample positions (used to retry failing samples one by one)."""
+        idx = list(index)
+        kw: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is None or f.name == "direction":
+                kw[f.name] = v
+            elif hasattr(v, "index_select"):
+                kw[f.name] = v[idx]
+            else:
+                kw[f.name] = [v[i] for i in idx]
+        return TranslationInput(**kw)
+
+
+@dataclass
+class TranslationOutput:
+    """Translated images (float B x 3 x H x W in [0, 1]) plus per-sample extras (inverted noise, phase timings)."""
+
+    images: torch.Tensor
+    extras: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.extras:
+            self.extras = [{} for _ in range(int(self.images.shape[0]))]
+
+
+class Translator(ABC):
+    """A diffusion image-to-image method behind one call signature (diffusers' rule: one way to call it).
+
+    Subclasses set `card`, implement `from_pretrained` and `translate`, and keep heavy imports inside methods
+    so that the registry stays importable without torch.
+    """
+
+    card: ClassVar[MethodCard]
+
+    #: Resolved hyper-parameters of this instance (card defaults + overrides); part of the run cache key.
+    config: dict[str, Any]
+    #: Where the weights came from (hub id, path, or tiny preset with its version); part of the cache key.
+    weights_id: str
+
+    @classmethod
+    @abstractmethod
+    def from_pretrained(
+        cls,
+        source: str | PathLike | None = None,
+        *,
+        preset: str = "paper",
+        device: str = "cpu",
+        dtype: Any = None,
+        **overrides: Any,
+    ) -> Translator:
+        """Load the method. `source` (hub id, local dir/file, "tiny:<name>") wins over `preset`."""
+
+    @abstractmethod
+    def translate(
+        self, batch: TranslationInput, *, generator: torch.Generator | Sequence[torch.Generator] | None = None
+    ) -> TranslationOutput:
+        """Translate a batch. A list of generators (one per sample) makes results independent of batching."""
+
+    @classmethod
+    def resolve_config(cls, preset: str = "paper", overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The hyper-parameters an instance loaded with `preset` and `overrides` will use, without loading it.
+
+        The runner keys its output cache on this; `from_pretrained` must use it too (one implementation).
+        Methods whose defaults depend on the base model (e.g. SD-Turbo vs SD 1.x) override it.
+        """
+        return cls.card.resolve_config(overrides)
+
+    # -- trainable methods override these -------------------------------------------------------------
+    def fit(self, data: Any, config: Mapping[str, Any], *, callback: Any = None) -> None:
+        raise NotImplementedError(f"{self.card.name} is not trainable")
+
+    def save_pretrained(self, path: str | PathLike) -> None:
+        raise NotImplementedError(f"{self.card.name} has no trainable state to save")
+
+    # -- shared checks ----------------------------------------------------------------------------------
+    def check_input(self, batch: TranslationInput, kind: str | None = None) -> None:
+        """Reject inputs this method cannot take, with a message that names the samples and the fix."""
+        card = self.card
+        if kind is not None and kind not in card.kinds:
+            raise InputError(
+                f"{card.name} cannot run a {kind!r} task (it supports {', '.join(sorted(card.kinds))}); "
+                "pick a task of a supported kind (`python benchmark.py list`)"
+            )
+        h, w = batch.size
+        ids = ", ".join(map(str, batch.ids or []))
+        if min(h, w) < card.min_size:
+            raise InputError(
+                f"{card.name}: sample(s) {ids} are {w}x{h}, smaller than the {card.min_size} px minimum; "
+                f"upscale them or use a task with --resolution >= {card.min_size}"
+            )
+        m = card.size_multiple
+        if h % m or w % m:
+            raise InputError(
+                f"{card.name}: sample(s) {ids} are {w}x{h}; width and height must be multiples of {m}. "
+                f"Resize or crop the images (e.g. --resolution {max(m, (min(h, w) // m) * m)})"
+            )

@@ -1,0 +1,104 @@
+"""The registry: name -> "module:Class" table, the @register decorator, lookups with helpful errors."""
+
+from __future__ import annotations
+
+import builtins
+import difflib
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .base import MethodCard, Translator
+
+# name -> "module:Class". Keep sorted; one line per method.
+_BUILTIN: dict[str, str] = {
+    "identity": "methods.identity:Identity",
+    "sdedit": "methods.sdedit:SDEdit",
+}
+_LOADED: dict[str, type[Translator]] = {}
+_PLUGINS_LOADED = False
+
+
+class UnknownMethodError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
+
+
+def register(cls: type[Translator]) -> type[Translator]:
+    """Class decorator: validate and add a Translator to the registry."""
+    if not (isinstance(cls, type) and issubclass(cls, Translator)):
+        raise TypeError(f"@register expects a Translator subclass, got {cls!r}")
+    card = getattr(cls, "card", None)
+    if not isinstance(card, MethodCard):
+        raise TypeError(f"{cls.__qualname__} must define `card: ClassVar[MethodCard]`")
+    name = card.name
+    target = f"{cls.__module__}:{cls.__qualname__}"
+    if name in _BUILTIN and _BUILTIN[name] != target:
+        raise ValueError(f"method name {name!r} is taken by {_BUILTIN[name]}; pick another name for {target}")
+    if name in _LOADED and _LOADED[name] is not cls and f"{_LOADED[name].__module__}" != cls.__module__:
+        raise ValueError(f"method name {name!r} registered twice ({_LOADED[name].__module__} and {cls.__module__})")
+    _LOADED[name] = cls
+    _BUILTIN.setdefault(name, target)
+    return cls
+
+
+def load_plugin(spec: str) -> None:
+    """Import an out-of-tree method module (dotted name or path to a .py file) so its @register runs."""
+    if spec.endswith(".py"):
+        path = Path(spec).resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"plugin file {spec} does not exist")
+        mod_name = f"i2i_zoo_plugin_{path.stem}"
+        module_spec = importlib.util.spec_from_file_location(mod_name, path)
+        assert module_spec and module_spec.loader
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[mod_name] = module
+        module_spec.loader.exec_module(module)
+    else:
+        importlib.import_module(spec)
+
+
+def _load_env_plugins() -> None:
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    for spec in filter(None, (s.strip() for s in os.environ.get("I2I_ZOO_PLUGINS", "").split(","))):
+        load_plugin(spec)
+
+
+def list() -> builtins.list[str]:  # noqa: A001 - the registry API name asked for by the design
+    """Registered method names, sorted. Imports no method module."""
+    _load_env_plugins()
+    return sorted(_BUILTIN)
+
+
+def get(name: str) -> type[Translator]:
+    """The Translator class registered under `name` (imports its module on first use)."""
+    _load_env_plugins()
+    if name in _LOADED:
+        return _LOADED[name]
+    if name not in _BUILTIN:
+        known = sorted(_BUILTIN)
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UnknownMethodError(f"unknown method {name!r}.{hint} Known methods: {', '.join(known)}")
+    module_name, _, class_name = _BUILTIN[name].partition(":")
+    module = importlib.import_module(module_name)
+    cls = getattr(module, class_name)
+    if name not in _LOADED:  # a module that forgot @register still resolves, but must be valid
+        register(cls)
+    return cls
+
+
+def cards() -> dict[str, MethodCard]:
+    """Every registered method's card (imports the method modules, which keep heavy imports lazy)."""
+    return {name: get(name).card for name in list()}
+
+
+def create(name: str, **kwargs: Any) -> Translator:
+    """`get(name).from_pretrained(**kwargs)`."""
+    return get(name).from_pretrained(**kwargs)
