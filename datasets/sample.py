@@ -52,8 +52,13 @@ class Task:
     bundled: bool = False  # True: needs no download (the sample suite)
 
     def load(self, max_samples: int | None = None) -> list[Sample]:
-        samples = list(self.loader())
-        return samples[:max_samples] if max_samples else samples
+        # Slice before materialising: the layout loaders return lazy sequences that read pixels on access.
+        samples = self.loader()
+        if not isinstance(samples, Sequence):  # a generator or other iterable
+            samples = list(samples)
+        if max_samples:
+            samples = samples[:max_samples]
+        return list(samples)
 
     def reference_images(self) -> list[str]:
         return list(self.reference_loader()) if self.reference_loader else []

@@ -18,6 +18,9 @@ from typing import Any
 
 import numpy as np
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def cache_dir() -> Path:
     """The project cache (tiny presets, converted weights, sample data): $I2I_ZOO_CACHE or ~/.cache/i2i-zoo."""
@@ -36,6 +39,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; final files get the usual permissions
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -95,3 +99,17 @@ def hash_obj(*parts: Any) -> str:
     """Hash of a JSON-able tuple of parts (keys sorted), for cache keys."""
     blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _kv_path(root: str | os.PathLike, key: str) -> Path:
+    return Path(root) / key[:2] / f"{key}.json"
+
+
+def kv_get(root: str | os.PathLike, key: str) -> Any:
+    """Value stored under `key` in the JSON key-value cache dir `root` (one small file per key), or None."""
+    return read_json(_kv_path(root, key))
+
+
+def kv_put(root: str | os.PathLike, key: str, value: Any) -> None:
+    """Store a JSON-able `value` under `key` in the cache dir `root` (atomic; NaN/inf survive as JSON NaN/Infinity)."""
+    atomic_write_json(_kv_path(root, key), value)

@@ -78,3 +78,63 @@ class measure:
             self.result.peak_mem_bytes = int(torch.cuda.max_memory_allocated(self.device))
         else:
             self.result.peak_mem_bytes = _cpu_peak_bytes()
+
+
+@dataclass
+class CallStats:
+    calls: int = 0
+    seconds: float = 0.0
+
+
+class count_network_calls:
+    """Count and time the forward calls of the given modules (the networks an algorithm must run).
+
+    Hooks sit on the top-level modules only, so nested sub-modules are not double counted. On CUDA each hook
+    synchronises, which slightly slows the measured run: use it for the call census and the overhead ratio, and
+    take latency from an unhooked run.
+    """
+
+    def __init__(self, modules: dict[str, Any], device: Any = "cpu") -> None:
+        self.modules = modules
+        self.device = str(device)
+        self.stats: dict[str, CallStats] = {name: CallStats() for name in modules}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> dict[str, CallStats]:
+        for name, module in self.modules.items():
+            st = self.stats[name]
+
+            def pre(_m: Any, _args: Any, st: CallStats = st) -> None:
+                _sync(self.device)
+                st._t0 = time.perf_counter()  # type: ignore[attr-defined]
+
+            def post(_m: Any, _args: Any, _out: Any, st: CallStats = st) -> None:
+                _sync(self.device)
+                st.calls += 1
+                st.seconds += time.perf_counter() - st._t0  # type: ignore[attr-defined]
+
+            self._handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+        return self.stats
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def bench(fn: Any, *, warmup: int = 1, repeats: int = 5, device: Any = "cpu") -> dict[str, float]:
+    """Latency of `fn()` with warm-up and repeats: median, inter-quartile range, min, and the peak memory."""
+    import numpy as np
+
+    for _ in range(warmup):
+        fn()
+    times, peaks = [], []
+    for _ in range(repeats):
+        with measure(device) as m:
+            fn()
+        times.append(m.seconds)
+        peaks.append(m.peak_mem_bytes)
+    t = np.asarray(times)
+    q1, q3 = np.percentile(t, [25, 75])
+    return {"latency_median_s": float(np.median(t)), "latency_iqr_s": float(q3 - q1), "latency_min_s": float(t.min()),
+            "peak_mem_bytes": int(max(peaks)), "repeats": repeats, "warmup": warmup}

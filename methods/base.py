@@ -225,6 +225,11 @@ class Translator(ABC):
         """
         return cls.card.resolve_config(overrides)
 
+    def networks(self) -> dict[str, Any]:
+        """The neural networks the algorithm must call (name -> nn.Module), for the perf call census and the
+        overhead ratio (time of a translation over the time spent inside these networks). Top level only."""
+        return {}
+
     # -- trainable methods override these -------------------------------------------------------------
     def fit(self, data: Any, config: Mapping[str, Any], *, callback: Any = None) -> None:
         raise NotImplementedError(f"{self.card.name} is not trainable")

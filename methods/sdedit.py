@@ -81,6 +81,11 @@ class SDEdit(Translator):
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe, config, comps.weights_id)
 
+    def networks(self) -> dict[str, Any]:
+        p = self.pipe
+        return {"text_encoder": p.text_encoder, "vae.encoder": p.vae.encoder, "unet": p.unet,
+                "vae.decoder": p.vae.decoder}
+
     def translate(
         self, batch: TranslationInput, *, generator: Any | Sequence[Any] | None = None
     ) -> TranslationOutput:

@@ -1,0 +1,419 @@
+"""One command from a run directory to a paper-style report: `report.md` and a self-contained `report.html`.
+
+`write_report(run_dir)` reads only files inside the run (manifest, metrics CSVs, sidecars, failures, perf),
+writes the tables (`tables/`), the figures (`figures/`) and the two report pages. No metric is recomputed and
+torch is never imported, so a report can be rebuilt anywhere, any time, and the result is byte-identical (every
+date shown comes from the manifest). The HTML page embeds its figures as base64 data URIs with inline CSS, so it
+can be mailed or attached as one file. Partial runs (no metrics yet, no perf, methods that failed entirely)
+give a report of what exists, with the gaps stated.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from eval.store import atomic_write_text
+
+from .aggregate import Run, count_failures, describe_manifest_value, load_run, summarize_run
+from .figures import write_figures
+from .tables import (
+    DAGGER,
+    RANDOM_NOTE,
+    Table,
+    build_main_tables,
+    build_perf_table,
+    to_html,
+    to_markdown,
+    write_tables,
+)
+
+__all__ = ["ReportData", "build_report", "render_html", "render_markdown", "write_report"]
+
+MAX_FAILURES_LISTED = 500
+
+
+class ReportData:
+    """Everything the two renderers share: the run, its summary, tables, figure paths and derived facts."""
+
+    def __init__(self, run: Run, summary: pd.DataFrame, tables: list[Table], perf_table: Table | None,
+                 figures: dict[str, Path]) -> None:
+        self.run = run
+        self.summary = summary
+        self.tables = tables
+        self.perf_table = perf_table
+        self.figures = figures
+
+    @property
+    def random_methods(self) -> list[str]:
+        """Methods whose weights are random (manifest label, or any of their numbers)."""
+        rnd = {m for m in self.run.methods if self.run.method_weights(m) == "random"}
+        if not self.summary.empty:
+            rnd |= set(self.summary.loc[self.summary["weights"] == "random", "method"])
+        return [m for m in self.run.methods if m in rnd] + sorted(rnd - set(self.run.methods))
+
+    @property
+    def random_metrics(self) -> list[str]:
+        """Metrics whose own model (encoder) is marked random in metric_info.json."""
+        return sorted(k for k, v in self.run.metric_info.items()
+                      if str(v.get("weights") or v.get("weights_label") or "").lower() == "random")
+
+    @property
+    def any_random(self) -> bool:
+        return bool(self.random_methods or self.random_metrics or (
+            not self.summary.empty and (self.summary["weights"] == "random").any()))
+
+    def coverage(self) -> tuple[list[str], list[tuple[str, list[str]]]]:
+        """Per method x task: outputs present / samples expected, with failures (a run-status table)."""
+        run = self.run
+        expected = run.expected_samples()
+        fails = count_failures(run.failures, expected)
+        tasks = run.tasks
+        rows = []
+        for m in run.methods:
+            cells = []
+            for t in tasks:
+                n_out = 0
+                if not run.outputs.empty:
+                    o = run.outputs[(run.outputs["method"] == m) & (run.outputs["task"] == t)]
+                    n_out = int(o["path"].notna().sum())
+                nf = fails.get((m, t, None), 0)
+                exp = expected.get(t)
+                if not n_out and not nf:
+                    cells.append("—")
+                    continue
+                s = f"{n_out}/{exp}" if exp else str(n_out)
+                cells.append(s + (f" · {nf} failed" if nf else ""))
+            rows.append((m, cells))
+        return tasks, rows
+
+
+def build_report(run_dir: str | Path, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
+                 max_rows: int = 8, figures: bool = True, quiet: bool = True) -> ReportData:
+    """Load the run, summarise it, write `tables/` (and `figures/` unless `figures=False`) and return the data
+    the report pages are rendered from."""
+    run = load_run(run_dir)
+    summary = summarize_run(run, n_boot=n_boot, confidence=confidence, seed=seed)
+    tables = build_main_tables(summary, run, n_boot=n_boot, confidence=confidence, seed=seed)
+    perf_table = build_perf_table(run.perf, {m: run.method_weights(m) for m in run.methods})
+    write_tables([*tables, *([perf_table] if perf_table else [])], run.root / "tables", summary=summary)
+    figs = write_figures(run, summary, max_rows=max_rows, quiet=quiet) if figures else {}
+    return ReportData(run, summary, tables, perf_table, figs)
+
+
+def write_report(run_dir: str | Path, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
+                 max_rows: int = 8, figures: bool = True, quiet: bool = True) -> tuple[Path, Path]:
+    """Build `report.md` and the self-contained `report.html` in `run_dir` (plus `tables/` and `figures/`).
+
+    Reads only files in the run directory; the same run gives the same bytes every time. `n_boot`,
+    `confidence` and `seed` set the bootstrap CIs; `max_rows` caps the samples shown per image grid;
+    `figures=False` skips drawing (faster; the pages then show no figures); `quiet=False` shows a progress bar.
+    Returns (md_path, html_path).
+    """
+    data = build_report(run_dir, n_boot=n_boot, confidence=confidence, seed=seed, max_rows=max_rows,
+                        figures=figures, quiet=quiet)
+    md_path, html_path = data.run.root / "report.md", data.run.root / "report.html"
+    atomic_write_text(md_path, render_markdown(data))
+    atomic_write_text(html_path, render_html(data))
+    return md_path, html_path
+
+
+# ----------------------------------------------------------------------------------------------- shared bits
+def _created(manifest: dict[str, Any]) -> str | None:
+    for key in ("created", "created_at", "time", "timestamp", "date"):
+        if manifest.get(key):
+            return str(manifest[key])
+    return None
+
+
+def _headline(run: Run) -> list[tuple[str, str]]:
+    """The few facts shown under the title: created, git SHA, device, seed, command."""
+    m = run.manifest
+    git = m.get("git_sha") or m.get("git") or m.get("sha")
+    if isinstance(git, dict):  # e.g. {"sha": ..., "dirty": ...}
+        git = git.get("sha") or git.get("commit") or git
+    facts = [("created", _created(m)), ("git", git), ("device", m.get("device")), ("seed", m.get("seed"))]
+    cmd = m.get("command")
+    if isinstance(cmd, list):
+        cmd = " ".join(map(str, cmd))
+    facts.append(("command", cmd))
+    return [(k, describe_manifest_value(v)) for k, v in facts if v not in (None, "", [], {})]
+
+
+def _banner_text(data: ReportData) -> str:
+    parts = []
+    if data.random_methods:
+        parts.append("methods " + ", ".join(data.random_methods) + " ran with random weights")
+    if data.random_metrics:
+        parts.append("metrics " + ", ".join(data.random_metrics) + " used randomly initialised encoders")
+    what = "; ".join(parts) if parts else "some numbers were computed with random weights"
+    return (f"Random weights: {what}. Every number marked {DAGGER} is a smoke test of the pipeline and is NOT "
+            "comparable to paper numbers.")
+
+
+def _failure_rows(run: Run) -> list[dict[str, str]]:
+    if run.failures.empty:
+        return []
+    rows = []
+    for r in run.failures.to_dict("records"):
+        rows.append({"method": str(r["method"]), "task": str(r["task"]),
+                     "sample": r["sample"] if isinstance(r["sample"], str) else "(all)",
+                     "phase": str(r["phase"]) + (f":{r['metric']}" if isinstance(r.get("metric"), str) else ""),
+                     "error": str(r["error"]), "traceback": str(r["traceback"]), "path": str(r["path"])})
+    return rows
+
+
+def _first_line(s: str, limit: int = 200) -> str:
+    line = s.strip().splitlines()[0] if s.strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _provenance(manifest: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The manifest as (title, headers, rows) tables: top-level scalars, then one table per mapping."""
+    def records(v: Any) -> bool:  # a non-empty list of dicts (e.g. "skipped": [{method, task, reason}])
+        return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+    scalars = [[k, describe_manifest_value(v)] for k, v in manifest.items() if not isinstance(v, dict)
+               and not records(v)]
+    out: list[tuple[str, list[str], list[list[str]]]] = []
+    if scalars:
+        out.append(("Run", ["key", "value"], scalars))
+    keys = [k for k in ("methods", "tasks") if isinstance(manifest.get(k), dict)]
+    keys += [k for k in manifest if (isinstance(manifest[k], dict) or records(manifest[k])) and k not in keys]
+    for key in keys:
+        value = manifest[key]
+        if records(value):
+            cols = []
+            for v in value:
+                cols += [c for c in v if c not in cols]
+            out.append((key, cols, [[describe_manifest_value(v.get(c)) if c in v else "" for c in cols]
+                                    for v in value]))
+        elif value and all(isinstance(v, dict) for v in value.values()):
+            cols: list[str] = []
+            for v in value.values():
+                cols += [c for c in v if c not in cols]
+            rows = [[str(name)] + [describe_manifest_value(v.get(c)) if c in v else "" for c in cols]
+                    for name, v in value.items()]
+            out.append((key, ["name", *cols], rows))
+        else:
+            out.append((key, ["key", "value"], [[str(k), describe_manifest_value(v)] for k, v in value.items()]))
+    return out
+
+
+def _metric_rows(run: Run) -> tuple[list[str], list[list[str]]]:
+    cols = ["direction", "range", "preprocessing", "version", "model"]
+    extra: list[str] = []
+    for v in run.metric_info.values():
+        extra += [c for c in v if c not in cols and c not in extra]
+    rows = [[name] + [describe_manifest_value(info.get(c)) if c in info else "" for c in cols + extra]
+            for name, info in sorted(run.metric_info.items())]
+    return ["metric", *cols, *extra], rows
+
+
+def _figure_sections(data: ReportData) -> list[tuple[str, str, Path]]:
+    """(section, caption, png) for each figure, in report order."""
+    out = []
+    for task in data.run.tasks:
+        if (p := data.figures.get(f"grid/{task}")) is not None:
+            out.append(("Image grids", f"{task} ({data.run.kind(task)})", p))
+    names = {"tradeoff": "CLIP vs DINO-Struct trade-off", "latency": "Latency (s/img)", "memory": "Peak memory",
+             "perf": "benchmark.py perf"}
+    for key, caption in names.items():
+        if (p := data.figures.get(key)) is not None:
+            out.append(("Trade-off, speed and memory", caption, p))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- markdown
+def _md(s: Any) -> str:
+    return str(s).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("*", "\\*").replace(
+        "_", "\\_").replace("<", "&lt;")
+
+
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(_md(h) for h in headers) + " |", "|" + "|".join(":---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(_md(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(data: ReportData) -> str:
+    """The report as GitHub-flavoured Markdown; figures are linked relative to the run directory."""
+    run = data.run
+    out = [f"# i2i-zoo report: {_md(run.name)}", ""]
+    facts = _headline(run)
+    if facts:
+        out += [" · ".join(f"**{k}** {_md(v)}" for k, v in facts), ""]
+    if data.any_random:
+        out += [f"> **⚠ {_md(_banner_text(data))}**", ""]
+    tasks, cov = data.coverage()
+    out += ["## Run status", "", "Outputs present / samples per task, and failed samples.", ""]
+    out += [_md_table(["method", *tasks], [[m, *c] for m, c in cov]) if cov and tasks else "No methods ran.\n", ""]
+
+    out += ["## Results", ""]
+    if run.per_image.empty and run.distribution.empty:
+        out += ["No metrics yet (`metrics/per_image.csv` and `metrics/distribution.csv` are absent or empty); "
+                "the tables show speed and memory only.", ""]
+    if not data.tables:
+        out += ["No results to tabulate.", ""]
+    for t in data.tables:
+        out += [to_markdown(t, heading="###"), ""]
+    if data.perf_table is not None:
+        out += [to_markdown(data.perf_table, heading="###"), ""]
+    out += ["Tables as CSV (raw numbers), Markdown and LaTeX (booktabs) are in `tables/`.", ""]
+
+    sections = _figure_sections(data)
+    if sections:
+        out += ["## Figures", "", "PNG and PDF of each figure are in `figures/`.", ""]
+        current = None
+        for section, caption, png in sections:
+            if section != current:
+                out += [f"### {section}", ""]
+                current = section
+            rel = png.relative_to(run.root).as_posix()
+            pdf = rel[:-4] + ".pdf"
+            out += [f"**{_md(caption)}** ([PDF]({pdf}))", "", f"![{_md(caption)}]({rel})", ""]
+
+    if run.metric_info:
+        headers, rows = _metric_rows(run)
+        out += ["## Metrics", "", "Definitions as recorded by the run (`metrics/metric_info.json`); values are in "
+                "the raw unit of each metric.", "", _md_table(headers, rows), ""]
+
+    fails = _failure_rows(run)
+    out += [f"## Failures ({len(fails)})", ""]
+    if not fails:
+        out += ["None.", ""]
+    else:
+        shown = fails[:MAX_FAILURES_LISTED]
+        out += [_md_table(["method", "task", "sample", "phase", "error", "record"],
+                          [[f["method"], f["task"], f["sample"], f["phase"], _first_line(f["error"]), f["path"]]
+                           for f in shown]), ""]
+        if len(fails) > len(shown):
+            out += [f"… and {len(fails) - len(shown)} more in `failures/`.", ""]
+        out += ["Tracebacks: in each record under `failures/` and in `report.html`.", ""]
+
+    out += ["## Provenance", "", "From `manifest.json`.", ""]
+    if not run.manifest:
+        out += ["No manifest.json in this run.", ""]
+    for title, headers, rows in _provenance(run.manifest):
+        out += [f"### {_md(title)}", "", _md_table(headers, rows), ""]
+    if data.any_random:
+        out += ["---", "", RANDOM_NOTE, ""]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+# ----------------------------------------------------------------------------------------------- html
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+.facts{color:#555;font-size:.9em}.facts b{color:#222}
+.banner{background:#fff3cd;border:2px solid #d39e00;color:#5c4400;padding:.8em 1em;border-radius:6px;
+font-weight:600;margin:1em 0}
+table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
+th,td{padding:.25em .6em;text-align:right;border:none}
+thead tr:first-child th{border-top:2px solid #222}thead tr:last-child th{border-bottom:1px solid #222}
+tbody tr:last-child td,tbody tr:last-child th{border-bottom:2px solid #222}
+th.row,td.l,th.l{text-align:left}th.group{text-align:center;border-bottom:1px solid #999}
+table.plain td,table.plain th{text-align:left;vertical-align:top;border-bottom:1px solid #eee}
+table.plain td{word-break:break-word;max-width:520px}
+sup.rand{color:#b00000;font-weight:700}
+ul.notes{font-size:.82em;color:#555;margin-top:0}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.9em;color:#444}
+details pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.8em;max-height:400px}
+summary{cursor:pointer;color:#0550ae}
+code{background:#f6f8fa;padding:0 .2em}
+"""
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    e = html.escape
+    out = ['<table class="plain"><thead><tr>' + "".join(f"<th>{e(str(h))}</th>" for h in headers) + "</tr></thead>",
+           "<tbody>"]
+    out += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in rows]
+    out.append("</tbody></table>")
+    return "\n".join(out) + "\n"
+
+
+def render_html(data: ReportData) -> str:
+    """The report as one self-contained HTML page: inline CSS, figures as data URIs, no external resource."""
+    e = html.escape
+    run = data.run
+    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+           f"<title>i2i-zoo report: {e(run.name)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
+           f"<h1>i2i-zoo report: {e(run.name)}</h1>"]
+    facts = _headline(run)
+    if facts:
+        out.append('<p class="facts">' + " · ".join(f"<b>{e(k)}</b> {e(v)}" for k, v in facts) + "</p>")
+    if data.any_random:
+        out.append(f'<div class="banner" id="random-weights">⚠ {e(_banner_text(data))}</div>')
+    tasks, cov = data.coverage()
+    out += ["<h2>Run status</h2>", "<p>Outputs present / samples per task, and failed samples.</p>"]
+    out.append(_html_table(["method", *tasks], [[m, *c] for m, c in cov]) if cov and tasks
+               else "<p>No methods ran.</p>")
+
+    out.append("<h2>Results</h2>")
+    if run.per_image.empty and run.distribution.empty:
+        out.append("<p>No metrics yet (<code>metrics/per_image.csv</code> and <code>metrics/distribution.csv</code> "
+                   "are absent or empty); the tables show speed and memory only.</p>")
+    if not data.tables:
+        out.append("<p>No results to tabulate.</p>")
+    for t in [*data.tables, *([data.perf_table] if data.perf_table is not None else [])]:
+        out += [f"<h3>{e(t.title)}</h3>", to_html(t)]
+    out.append("<p>Tables as CSV (raw numbers), Markdown and LaTeX (booktabs) are in <code>tables/</code>.</p>")
+
+    sections = _figure_sections(data)
+    if sections:
+        out += ["<h2>Figures</h2>", "<p>PNG and PDF of each figure are in <code>figures/</code>.</p>"]
+        current = None
+        for section, caption, png in sections:
+            if section != current:
+                out.append(f"<h3>{e(section)}</h3>")
+                current = section
+            out.append(f'<figure><img alt="{e(caption)}" src="{_data_uri(png)}"><figcaption>{e(caption)}'
+                       "</figcaption></figure>")
+
+    if run.metric_info:
+        headers, rows = _metric_rows(run)
+        out += ["<h2>Metrics</h2>", "<p>Definitions as recorded by the run (<code>metrics/metric_info.json</code>); "
+                "values are in the raw unit of each metric.</p>", _html_table(headers, rows)]
+
+    fails = _failure_rows(run)
+    out.append(f'<h2 id="failures">Failures ({len(fails)})</h2>')
+    if not fails:
+        out.append("<p>None.</p>")
+    else:
+        shown = fails[:MAX_FAILURES_LISTED]
+        out.append('<table class="plain failures"><thead><tr><th>method</th><th>task</th><th>sample</th>'
+                   "<th>phase</th><th>error</th></tr></thead><tbody>")
+        for f in shown:
+            tb = (f"<details><summary>traceback</summary><pre>{e(f['traceback'])}</pre></details>"
+                  if f["traceback"].strip() else "")
+            out.append(f"<tr><td>{e(f['method'])}</td><td>{e(f['task'])}</td><td>{e(f['sample'])}</td>"
+                       f"<td>{e(f['phase'])}</td><td>{e(f['error'])}{tb}<br><small>{e(f['path'])}</small></td></tr>")
+        out.append("</tbody></table>")
+        if len(fails) > len(shown):
+            out.append(f"<p>… and {len(fails) - len(shown)} more in <code>failures/</code>.</p>")
+
+    out += ["<h2>Provenance</h2>", "<p>From <code>manifest.json</code>.</p>"]
+    if not run.manifest:
+        out.append("<p>No manifest.json in this run.</p>")
+    for title, headers, rows in _provenance(run.manifest):
+        out += [f"<h3>{e(title)}</h3>", _html_table(headers, rows)]
+    if run.manifest:
+        blob = json.dumps(run.manifest, indent=2, sort_keys=True, default=str)
+        out.append(f"<details><summary>manifest.json</summary><pre>{e(blob)}</pre></details>")
+    if data.any_random:
+        out.append(f'<p class="facts">{e(RANDOM_NOTE)}</p>')
+    out += ["</body>", "</html>"]
+    return "\n".join(out) + "\n"

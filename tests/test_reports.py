@@ -1,0 +1,328 @@
+"""Tests of `reports`: statistics, tables, figures and the report pages, on a synthetic run directory.
+
+The fixture writes a run directory in the runner's format (manifest, outputs + sidecars, inputs with
+condition/target companions, failures, per-image and distribution metrics with NaNs, metric_info, perf) with
+three methods over three task kinds, one of which fails entirely on one task.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import reports
+from reports.aggregate import MEMORY, SPEED, aggregate_per_image, bootstrap_ci, load_run, summarize_run
+from reports.tables import RANDOM_NOTE, build_main_tables, latex_escape, to_latex, to_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TASKS = {
+    "horse2zebra": {"kind": "unpaired", "n_samples": 4, "description": "horse -> zebra"},
+    "edges2shoes": {"kind": "paired", "n_samples": 3, "description": "edges -> shoes"},
+    "cat_edit": {"kind": "text-edit", "n_samples": 3, "description": "cat -> dog edits"},
+}
+METRICS = {
+    "unpaired": ["dino_struct", "clip_score", "lpips"],
+    "paired": ["lpips", "psnr", "ssim", "dino_struct"],
+    "text-edit": ["clip_acc", "clip_dir", "dino_struct"],
+}
+METRIC_INFO = {
+    "fid": {"direction": "lower", "range": [0, None], "preprocessing": "clean", "version": "1", "model": "inception"},
+    "kid": {"direction": "lower", "range": [None, None], "preprocessing": "clean", "version": "1", "model": "inc"},
+    "dino_struct": {"direction": "lower", "range": [0, 4], "preprocessing": "splice", "version": "1", "model": "dino"},
+    "clip_score": {"direction": "higher", "range": [0, 100], "preprocessing": "224", "version": "1", "model": "clip"},
+    "clip_dir": {"direction": "higher", "range": [-1, 1], "preprocessing": "224", "version": "1", "model": "clip"},
+    "clip_acc": {"direction": "higher", "range": [0, 1], "preprocessing": "224", "version": "1", "model": "clip"},
+    "lpips": {"direction": "lower", "range": [0, 1], "preprocessing": "[-1,1]", "version": "1", "model": "alex"},
+    "psnr": {"direction": "higher", "range": [0, None], "preprocessing": "[0,1]", "version": "1", "model": ""},
+    "ssim": {"direction": "higher", "range": [0, 1], "preprocessing": "[0,1]", "version": "1", "model": ""},
+}
+
+
+def _png(path: Path, seed: int, size: int = 32) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.random.default_rng(seed).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+
+
+def make_run(root: Path, *, random_weights: bool = True, metrics: bool = True, perf: bool = True) -> Path:
+    """A synthetic run directory: identity (real), sdedit (random unless all real), pix2pix-zero (fails to load
+    on cat_edit, random unless all real); one translate failure; NaNs in per-image metrics."""
+    run = root / "runs" / "demo"
+    label = "random" if random_weights else "real"
+    methods = {
+        "identity": {"config": {}, "weights": "-", "weights_label": "real", "preset": "paper"},
+        "sdedit": {"config": {"strength": 0.5}, "weights": "tiny:sd", "weights_label": label, "preset": "tiny"},
+        "pix2pix_zero": {"config": {"steps": 4}, "weights": "tiny:sd14", "weights_label": label, "preset": "tiny"},
+    }
+    manifest = {
+        "name": "demo", "created": "2026-11-20T10:00:00Z", "git_sha": "abc1234", "device": "cpu", "seed": 0,
+        "command": ["benchmark.py", "run", "--methods", "identity,sdedit,pix2pix_zero"],
+        "versions": {"python": "3.11", "numpy": np.__version__}, "methods": methods, "tasks": TASKS,
+    }
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    rng = np.random.default_rng(0)
+    per_image, dist = [], []
+    for ti, (task, info) in enumerate(TASKS.items()):
+        kind = info["kind"]
+        for s in range(info["n_samples"]):
+            sample = f"{s:04d}"
+            _png(run / "inputs" / task / f"{sample}.png", 100 * ti + s)
+            if kind == "paired":
+                _png(run / "inputs" / task / f"{sample}.condition.png", 500 + s)
+                _png(run / "inputs" / task / f"{sample}.target.png", 600 + s)
+        for mi, method in enumerate(methods):
+            w = methods[method]["weights_label"]
+            if method == "pix2pix_zero" and task == "cat_edit":
+                f = run / "failures" / method / task / "_load.json"
+                f.parent.mkdir(parents=True, exist_ok=True)
+                f.write_text(json.dumps({"method": method, "task": task, "sample": None, "phase": "load",
+                                         "error": "WeightsNotFoundError: no weights for pix2pix_zero",
+                                         "traceback": "Traceback (most recent call last):\n  boom <here>"}))
+                continue
+            for s in range(info["n_samples"]):
+                sample = f"{s:04d}"
+                if method == "sdedit" and task == "horse2zebra" and s == 3:
+                    f = run / "failures" / method / task / f"{sample}.json"
+                    f.parent.mkdir(parents=True, exist_ok=True)
+                    f.write_text(json.dumps({"method": method, "task": task, "sample": sample, "phase": "translate",
+                                             "error": "RuntimeError: out of memory", "traceback": "Traceback: oom"}))
+                    continue
+                out = run / "outputs" / method / task / f"{sample}.png"
+                _png(out, 1000 * mi + 100 * ti + s)
+                out.with_suffix(".json").write_text(json.dumps({
+                    "key": f"{method}-{task}-{sample}", "seconds": 0.1 * (mi + 1) + 0.01 * s,
+                    "peak_mem_bytes": (mi + 1) * 300 * 2**20, "batch_size": 2, "extras": {}}))
+                for metric in METRICS[kind]:
+                    v = float(rng.normal(0.5 + 0.1 * mi, 0.05))
+                    if method == "identity" and metric == "dino_struct" and s == 0:
+                        v = float("nan")  # undefined value: counted, not averaged
+                    per_image.append([method, task, sample, metric, v, w])
+            if kind == "unpaired":
+                for metric, v in (("fid", 40.0 + 5 * mi), ("kid", 0.01 + 0.002 * mi)):
+                    dist.append([method, task, metric, v, 3 if method == "sdedit" else 4, 10, w])
+    if metrics:
+        (run / "metrics").mkdir()
+        pd.DataFrame(per_image, columns=["method", "task", "sample", "metric", "value", "weights"]).to_csv(
+            run / "metrics" / "per_image.csv", index=False)
+        pd.DataFrame(dist, columns=["method", "task", "metric", "value", "n_gen", "n_ref", "weights"]).to_csv(
+            run / "metrics" / "distribution.csv", index=False)
+        (run / "metrics" / "metric_info.json").write_text(json.dumps(METRIC_INFO))
+    if perf:
+        (run / "perf").mkdir()
+        pd.DataFrame([
+            ["identity", "paper", "cpu", 1, 0.001, 0.0002, 1000.0, 0, 0, 0.0, 0.01],
+            ["sdedit", "tiny", "cpu", 2, 0.2, 0.02, 10.0, 2**30, 0, 0.0, 0.05],
+        ], columns=["method", "preset", "device", "batch_size", "latency_median_s", "latency_iqr_s",
+                    "throughput_img_s", "peak_mem_bytes", "network_calls", "network_time_s", "overhead"]).to_csv(
+            run / "perf" / "perf.csv", index=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def random_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_run(tmp_path_factory.mktemp("rand"))
+
+
+@pytest.fixture(scope="module")
+def random_report(random_run: Path) -> tuple[Path, Path]:
+    return reports.write_report(random_run, n_boot=200)
+
+
+# ----------------------------------------------------------------------------------------------- statistics
+def test_bootstrap_ci_contains_mean_shrinks_and_is_seeded() -> None:
+    rng = np.random.default_rng(1)
+    small, big = rng.normal(1.0, 1.0, 20), rng.normal(1.0, 1.0, 2000)
+    lo, hi = bootstrap_ci(small, seed=3)
+    assert lo < small.mean() < hi
+    blo, bhi = bootstrap_ci(big, seed=3)
+    assert blo < big.mean() < bhi
+    assert (bhi - blo) < (hi - lo) / 4  # ~sqrt(100) = 10x narrower
+    assert bootstrap_ci(small, seed=3) == (lo, hi)
+    assert bootstrap_ci(small, seed=4) != (lo, hi)
+    assert all(np.isnan(bootstrap_ci([1.0])))  # one value: no interval
+    # NaNs are dropped before resampling.
+    assert bootstrap_ci(np.append(small, np.nan), seed=3) == (lo, hi)
+
+
+def test_nans_are_counted_not_averaged() -> None:
+    df = pd.DataFrame({"method": "m", "task": "t", "sample": ["a", "b", "c", "d"], "metric": "lpips",
+                       "value": [1.0, np.nan, 3.0, np.nan], "weights": "real"})
+    row = aggregate_per_image(df, n_boot=100).iloc[0]
+    assert row["mean"] == 2.0 and row["n"] == 2 and row["n_nan"] == 2
+    assert row["ci_lo"] <= 2.0 <= row["ci_hi"]
+
+
+def test_load_run_and_summary(random_run: Path) -> None:
+    run = load_run(random_run)
+    assert run.methods == ["identity", "sdedit", "pix2pix_zero"]  # manifest order
+    assert run.tasks == list(TASKS)
+    assert run.per_image["sample"].iloc[0] == "0000"  # ids stay strings
+    assert set(run.failures["phase"]) == {"load", "translate"}
+    s = summarize_run(run, n_boot=100)
+    row = s[(s.method == "identity") & (s.task == "horse2zebra") & (s.metric == "dino_struct")].iloc[0]
+    assert row["n"] == 3 and row["n_nan"] == 1 and row["weights"] == "real" and row["direction"] == "lower"
+    sd = s[(s.method == "sdedit") & (s.task == "horse2zebra")]
+    assert (sd["n_failed"] == 1).all() and (sd["weights"] == "random").all()
+    speed = sd[sd.metric == SPEED].iloc[0]
+    assert speed["n"] == 3 and speed["mean"] == pytest.approx(0.2 + 0.01)
+    assert sd[sd.metric == MEMORY].iloc[0]["mean"] == 2 * 300 * 2**20
+    fid = sd[sd.metric == "fid"].iloc[0]
+    assert fid["n_gen"] == 3 and fid["n_ref"] == 10 and fid["source"] == "distribution"
+    # Same seed, same summary (CIs are seeded per group).
+    pd.testing.assert_frame_equal(s, summarize_run(run, n_boot=100))
+
+
+# ----------------------------------------------------------------------------------------------- tables
+def _best_cells(table: reports.Table, key: str) -> list[str]:
+    j = [c.key for c in table.columns].index(key)
+    return [label for label, cells in table.rows if cells[j].best]
+
+
+def test_best_in_column_respects_direction() -> None:
+    rows = []
+    for task in ("t", "day_2_night"):
+        for m, lp, ps in (("a", 0.1, 20.0), ("b", 0.3, 30.0), ("c", 0.2, 25.0)):
+            for metric, v in (("LPIPS", lp), ("psnr", ps)):
+                rows += [[m, task, f"{i}", metric, v + 0.001 * i, "real"] for i in range(3)]
+    per_image = pd.DataFrame(rows, columns=["method", "task", "sample", "metric", "value", "weights"])
+    s = aggregate_per_image(per_image, n_boot=50)
+    s["kind"] = "paired"
+    s["direction"] = s["metric"].map(lambda m: reports.aggregate.metric_direction(m))  # built-in defaults
+    (t,) = build_main_tables(s)
+    for task in ("t", "day_2_night"):
+        assert _best_cells(t, f"{task}/LPIPS") == ["a"]  # lower is better
+        assert _best_cells(t, f"{task}/psnr") == ["b"]  # higher is better
+    md = to_markdown(t)
+    assert "LPIPS ↓" in md and "PSNR ↑" in md and "**0.101" in md and "**20.0" not in md
+    tex = to_latex(t)  # two tasks of one kind: grouped header with cmidrules, task name escaped
+    assert "\\multicolumn{2}{c}{day\\_2\\_night (N=3)}" in tex and "\\cmidrule(lr){4-5}" in tex
+
+
+def test_markdown_one_row_per_method_and_latex_booktabs(random_report: tuple[Path, Path], random_run: Path) -> None:
+    run = load_run(random_run)
+    tables = build_main_tables(summarize_run(run, n_boot=50), run)
+    assert [t.name for t in tables] == ["main_unpaired", "main_paired", "main_text-edit"]
+    unpaired = tables[0]
+    md = to_markdown(unpaired, heading=None).splitlines()
+    body = [ln for ln in md if ln.startswith("| ") and not ln.startswith("| Method")]
+    assert len(body) == 3 and [ln.split("|")[1].strip() for ln in body] == ["identity", "sdedit", "pix2pix\\_zero"]
+    header = md[0]
+    assert header.index("FID") < header.index("KID") < header.index("DINO-Struct") < header.index("s/img")
+    # The paired table has no row for pix2pix_zero's missing task... but text-edit lists the failed method.
+    text_edit = tables[2]
+    assert [r[0] for r in text_edit.rows] == ["identity", "sdedit", "pix2pix_zero"]
+    assert all(c.text == "—" for c in text_edit.rows[2][1][:-1]) and text_edit.rows[2][1][-1].text == "3"
+    tex = to_latex(unpaired)
+    for rule in ("\\toprule", "\\midrule", "\\bottomrule"):
+        assert tex.count(rule) == 1
+    assert "pix2pix\\_zero" in tex and "pix2pix_zero" not in tex.replace("pix2pix\\_zero", "")
+    assert "$\\downarrow$" in tex and "\\textbf{" in tex and "$\\pm$" in tex
+    assert latex_escape("a_b & 50% #1 {x}") == "a\\_b \\& 50\\% \\#1 \\{x\\}"
+    tables_dir = random_run / "tables"
+    for ext in ("csv", "md", "tex"):
+        assert (tables_dir / f"main_unpaired.{ext}").is_file()
+    raw = pd.read_csv(tables_dir / "main_unpaired.csv")
+    assert {"mean", "ci_lo", "ci_hi", "n", "n_nan", "n_failed", "weights"} <= set(raw.columns)
+    assert (tables_dir / "perf.md").is_file() and (tables_dir / "summary.csv").is_file()
+
+
+def test_random_weights_label(tmp_path: Path, random_report: tuple[Path, Path], random_run: Path) -> None:
+    md_r = random_report[0].read_text()
+    html_r = random_report[1].read_text()
+    tex_r = (random_run / "tables" / "main_unpaired.tex").read_text()
+    assert RANDOM_NOTE in md_r and "†" in md_r and 'class="banner"' in html_r
+    assert "$^\\dagger$" in tex_r and "random weights" in tex_r
+    assert "random weights" in (random_run / "tables" / "main_unpaired.md").read_text()
+    # identity is real: its cells carry no dagger; sdedit's do.
+    run = load_run(random_run)
+    t = build_main_tables(summarize_run(run, n_boot=50), run)[0]
+    rows = dict(t.rows)
+    metric_cols = [j for j, c in enumerate(t.columns) if c.key != "failed"]
+    assert not any(c.random for c in rows["identity"])
+    assert all(rows["sdedit"][j].random for j in metric_cols if rows["sdedit"][j].text != "—")
+
+    real_run = make_run(tmp_path, random_weights=False)
+    md, html_path = reports.write_report(real_run, n_boot=50)
+    for text in (md.read_text(), html_path.read_text(), *(p.read_text() for p in (real_run / "tables").glob("*.*"))):
+        assert "random weights" not in text.lower() and "†" not in text and "dagger" not in text
+
+
+# ----------------------------------------------------------------------------------------------- figures, report
+def test_figures_exist_as_png_and_pdf(random_report: tuple[Path, Path], random_run: Path) -> None:
+    fig_dir = random_run / "figures"
+    stems = {"grid_horse2zebra", "grid_edges2shoes", "grid_cat_edit", "tradeoff_clip_dino", "latency", "memory",
+             "perf"}
+    for stem in stems:
+        png, pdf = fig_dir / f"{stem}.png", fig_dir / f"{stem}.pdf"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stem
+        assert pdf.read_bytes()[:5] == b"%PDF-", stem
+    # Figure titles carry the random-weights note (and only when some plotted method is random).
+    run = load_run(random_run)
+    summary = summarize_run(run, n_boot=50)
+    assert RANDOM_NOTE in reports.image_grid(run, "cat_edit").texts[0].get_text()
+    assert RANDOM_NOTE in reports.tradeoff_scatter(summary, run.methods).axes[0].get_title()
+    only_identity = summary[summary.method == "identity"]
+    assert RANDOM_NOTE not in reports.bar_chart(only_identity, SPEED).axes[0].get_title()
+    # The paired grid has input, condition, target and the 3 methods: wider than the unpaired one (no companions).
+    w_paired = Image.open(fig_dir / "grid_edges2shoes.png").size[0]
+    w_unpaired = Image.open(fig_dir / "grid_horse2zebra.png").size[0]
+    assert w_paired > w_unpaired
+
+
+def test_html_self_contained_and_lists_failures(random_report: tuple[Path, Path]) -> None:
+    text = random_report[1].read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
+    assert "<link" not in text and "<script" not in text
+    srcs = re.findall(r"""src="([^"]*)\"""", text)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "WeightsNotFoundError: no weights for pix2pix_zero" in text and "RuntimeError: out of memory" in text
+    assert "<details><summary>traceback</summary>" in text and "boom &lt;here&gt;" in text
+    md = random_report[0].read_text()
+    assert "## Failures (2)" in md and "out of memory" in md and "abc1234" in md and "2026-11-20T10:00:00Z" in md
+
+
+def test_report_regeneration_is_idempotent(random_report: tuple[Path, Path], random_run: Path) -> None:
+    def snapshot() -> dict[str, bytes]:
+        return {str(p.relative_to(random_run)): p.read_bytes() for d in ("tables", "figures")
+                for p in sorted((random_run / d).iterdir())} | {p.name: p.read_bytes() for p in random_report}
+
+    before = snapshot()
+    assert reports.write_report(random_run, n_boot=200) == random_report
+    assert snapshot() == before
+    assert not list(random_run.rglob("*.tmp"))  # atomic writes leave no temp files
+
+
+def test_partial_run_without_metrics_or_perf(tmp_path: Path) -> None:
+    run = make_run(tmp_path, metrics=False, perf=False)
+    md, html_path = reports.write_report(run, n_boot=50)
+    text = md.read_text()
+    assert "No metrics yet" in text and "s/img" in text and "## Failures (2)" in text
+    assert not (run / "figures" / "perf.png").exists() and not (run / "figures" / "tradeoff_clip_dino.png").exists()
+    assert (run / "figures" / "grid_cat_edit.png").is_file()
+    # An empty directory still gives a (nearly empty) report.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    md2, _ = reports.write_report(empty)
+    assert "No methods ran" in md2.read_text()
+
+
+def test_import_reports_does_not_import_torch() -> None:
+    code = "import sys, reports; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr
+
+
+def test_tiny_values_keep_significant_digits() -> None:
+    from reports.tables import _cell_decimals
+
+    assert _cell_decimals(0.000055, 3) == 6 and _cell_decimals(0.9, 3) == 3 and _cell_decimals(0.0, 3) == 3
