@@ -159,6 +159,7 @@ class RunConfig:
     resolution: int | None = None
     quiet: bool = False
     evaluate: bool = True
+    eval_preset: str | None = None  # encoders of the metrics: "tiny" | "paper" (default: follows --preset)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     explicit: bool = False  # the user named methods and tasks: a kind mismatch is worth a warning
 
@@ -172,11 +173,20 @@ def _failure_path(run_dir: Path, method: str, task: str, sample_id: str) -> Path
     return run_dir / "failures" / method / task / f"{sample_id}.json"
 
 
-def _record_failure(run_dir: Path, item: WorkItem, phase: str, err: BaseException) -> None:
+@dataclass
+class _NoSample:
+    """Stands for 'no particular sample' in failure records of a whole (method, task) metric."""
+
+    id: str
+
+
+def _record_failure(run_dir: Path, item: WorkItem, phase: str, err: BaseException, *, metric: str | None = None
+                    ) -> None:
     from eval.store import atomic_write_json
 
+    sample = None if isinstance(item.sample, _NoSample) else item.sample.id
     atomic_write_json(_failure_path(run_dir, item.method, item.task, item.sample.id), {
-        "method": item.method, "task": item.task, "sample": item.sample.id, "phase": phase, "key": item.key,
+        "method": item.method, "task": item.task, "sample": sample, "metric": metric, "phase": phase, "key": item.key,
         "error": f"{type(err).__name__}: {err}",
         "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)),
     })
@@ -247,7 +257,8 @@ def _batches(items: list[WorkItem], batch_size: int) -> list[list[WorkItem]]:
     return out
 
 
-def _translate_batch(model: Any, batch: list[WorkItem], cfg: RunConfig, direction: str, run_dir: Path) -> int:
+def _translate_batch(model: Any, batch: list[WorkItem], cfg: RunConfig, direction: str, run_dir: Path,
+                     warmup: bool = False) -> int:
     """Translate and save one batch; on failure retry its samples one by one. Returns the number saved."""
     import torch
 
@@ -277,7 +288,7 @@ def _translate_batch(model: Any, batch: list[WorkItem], cfg: RunConfig, directio
             raise RuntimeError(f"method returned images of shape {tuple(images.shape)}, expected {expected}")
     except Exception as err:
         if len(batch) > 1:  # isolate the failing sample(s); the others still get done
-            return sum(_translate_batch(model, [it], cfg, direction, run_dir) for it in batch)
+            return sum(_translate_batch(model, [it], cfg, direction, run_dir, warmup) for it in batch)
         _record_failure(run_dir, batch[0], "translate", err)
         return 0
     saved = 0
@@ -292,7 +303,8 @@ def _translate_batch(model: Any, batch: list[WorkItem], cfg: RunConfig, directio
             atomic_write_json(meta, {
                 "key": it.key, "seed": it.seed, "png_sha256": digest, "seconds": m.seconds / len(batch),
                 "batch_seconds": m.seconds, "batch_size": len(batch), "peak_mem_bytes": m.peak_mem_bytes,
-                "mem_kind": m.mem_kind, "extras": _jsonable(out.extras[i] if i < len(out.extras) else {}),
+                "mem_kind": m.mem_kind, "warmup": warmup,
+                "extras": _jsonable(out.extras[i] if i < len(out.extras) else {}),
             })
         except OSError as err:
             _record_failure(run_dir, it, "save", err)
@@ -390,10 +402,12 @@ def run(cfg: RunConfig) -> Path:
             by_task: dict[str, list[WorkItem]] = {}
             for it in pending:
                 by_task.setdefault(it.task, []).append(it)
+            first = True
             for tname, titems in by_task.items():
                 bar = tqdm(total=len(titems), desc=f"{mname} / {tname}", unit="img", leave=False)
                 for batch in _batches(titems, cfg.batch_size):
-                    n = _translate_batch(model, batch, cfg, tasks[tname][0].direction, run_dir)
+                    n = _translate_batch(model, batch, cfg, tasks[tname][0].direction, run_dir, warmup=first)
+                    first = False
                     bar.update(len(batch))
                     if n < len(batch):
                         bar.set_postfix(failed=len(batch) - n)
@@ -406,7 +420,7 @@ def run(cfg: RunConfig) -> Path:
         manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         atomic_write_json(run_dir / "manifest.json", manifest)
         if cfg.evaluate:
-            _evaluate_and_report(run_dir, cfg)
+            _evaluate_and_report(run_dir, cfg, tasks)
     return run_dir
 
 
@@ -425,9 +439,70 @@ def _resized(sample: Any, resolution: int, kind: str) -> Any:
     return replace(sample, **fields)
 
 
-def _evaluate_and_report(run_dir: Path, cfg: RunConfig) -> None:
+def _evaluate_and_report(run_dir: Path, cfg: RunConfig, tasks: dict[str, tuple[Any, list[Any]]]) -> None:
     """Evaluation is part of a run: per-image and distribution metrics, then the report."""
+    _evaluate(run_dir, cfg, tasks)
     _write_report(run_dir)
+
+
+def _evaluate(run_dir: Path, cfg: RunConfig, tasks: dict[str, tuple[Any, list[Any]]]) -> None:
+    """Metrics of every (method, task) that has outputs, into metrics/*.csv (cached per image by content).
+
+    Per-image metrics compare each output with its prepared input / target / reference and prompts; FID/KID
+    compare the set of outputs with the task's target-domain reference set. A metric that fails is recorded as a
+    failure of phase "metric" and the others go on.
+    """
+    import pandas as pd
+
+    from eval.evaluate import evaluate_distribution, evaluate_per_image
+    from eval.metrics import metric_specs
+    from eval.store import atomic_write_json, atomic_write_text
+
+    specs = metric_specs()
+    preset = cfg.eval_preset or ("tiny" if cfg.preset.startswith("tiny") else "paper")
+    per_frames, dist_rows, used = [], [], set()
+    for method in cfg.methods:
+        for tname, (task, samples) in tasks.items():
+            out_dir = run_dir / "outputs" / method / tname
+            if not out_dir.is_dir():
+                continue
+            inputs = run_dir / "inputs" / tname
+            records = []
+            for s in samples:
+                png = out_dir / f"{s.id}.png"
+                if not png.exists() or _failure_path(run_dir, method, tname, s.id).exists():
+                    continue
+                rec = {"method": method, "task": tname, "sample": s.id, "output": png, "input": inputs / f"{s.id}.png",
+                       "src_prompt": s.src_prompt, "tgt_prompt": s.tgt_prompt}
+                for extra in ("target", "reference"):
+                    path = inputs / f"{s.id}.{extra}.png"
+                    rec[extra] = path if path.exists() else None
+                records.append(rec)
+            if not records:
+                continue
+            names = [m for m in task.metrics if m in specs]
+            for name in names:
+                try:
+                    if specs[name].per_image:
+                        per_frames.append(evaluate_per_image(records, [name], preset=preset, device=cfg.device))
+                    else:
+                        refs = task.reference_images()
+                        if not refs:
+                            continue
+                        for row in evaluate_distribution([r["output"] for r in records], refs, [name],
+                                                         preset=preset, device=cfg.device):
+                            dist_rows.append({"method": method, "task": tname, **row})
+                    used.add(name)
+                except Exception as err:
+                    _record_failure(run_dir, WorkItem(method, tname, task.kind, _NoSample(f"metric-{name}")),
+                                    "metric", err, metric=name)
+    metrics_dir = run_dir / "metrics"
+    per = pd.concat(per_frames, ignore_index=True) if per_frames else pd.DataFrame(
+        columns=["method", "task", "sample", "metric", "value", "weights", "note"])
+    atomic_write_text(metrics_dir / "per_image.csv", per.to_csv(index=False))
+    atomic_write_text(metrics_dir / "distribution.csv", pd.DataFrame(dist_rows).to_csv(index=False))
+    atomic_write_json(metrics_dir / "metric_info.json", {n: {**specs[n].as_dict(), "eval_preset": preset}
+                                                         for n in sorted(used)})
 
 
 def _write_report(run_dir: Path) -> tuple[Path, Path]:
@@ -480,6 +555,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         methods=names, tasks=task_names, out=Path(args.out), preset=args.preset, weights=args.weights,
         device=args.device, dtype=args.dtype, seed=args.seed, batch_size=args.batch_size,
         max_samples=args.max_samples, resolution=args.resolution, quiet=args.quiet, evaluate=not args.no_eval,
+        eval_preset=args.eval_preset,
         overrides=parse_overrides(args.set), explicit=bool(args.methods and args.tasks),
     )
     if args.weights and len(names) != 1:
@@ -654,6 +730,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=str(DEFAULT_OUT), help="run directory")
     p.add_argument("--set", nargs="+", metavar="METHOD.OPTION=VALUE", help="override a method hyper-parameter")
     p.add_argument("--no-eval", action="store_true", help="generate only: skip metrics and the report")
+    p.add_argument("--eval-preset", choices=("tiny", "paper"),
+                   help="metric encoders: toy random ones (tiny) or the real architectures, with real weights where "
+                        "available (paper); default follows --preset")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 
@@ -702,19 +781,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "batch_size", 1) < 1:
         parser.error("--batch-size must be >= 1")
+    errors = _user_errors()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted: finished outputs are kept; run the same command again to resume", file=sys.stderr)
         return 130
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        from methods import InputError, UnknownMethodError, WeightsNotFoundError
+    except errors as err:  # a user mistake: the message names the fix, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
-        if isinstance(err, (InputError, UnknownMethodError, WeightsNotFoundError)) or type(err).__name__ in {
-            "DataError", "UnknownTaskError"}:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        raise
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from datasets import DataError
+    from methods import InputError, UnknownMethodError, WeightsNotFoundError
+
+    return (InputError, UnknownMethodError, WeightsNotFoundError, DataError)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ INPUT_ROLES = ("condition", "reference", "target")  # optional companions of inp
 
 PER_IMAGE_COLUMNS = ["method", "task", "sample", "metric", "value", "weights"]
 DISTRIBUTION_COLUMNS = ["method", "task", "metric", "value", "n_gen", "n_ref", "weights"]
-OUTPUT_COLUMNS = ["method", "task", "sample", "path", "seconds", "peak_mem_bytes", "batch_size"]
+OUTPUT_COLUMNS = ["method", "task", "sample", "path", "seconds", "peak_mem_bytes", "batch_size", "warmup"]
 INPUT_COLUMNS = ["task", "sample", "input", *INPUT_ROLES]
 FAILURE_COLUMNS = ["method", "task", "sample", "phase", "error", "traceback", "metric", "path"]
 PERF_COLUMNS = [
@@ -277,7 +277,8 @@ def aggregate_speed(
 ) -> pd.DataFrame:
     """Speed and memory per method x task from the output sidecars.
 
-    SPEED ("s_per_img"): mean per-sample share of batch wall time, with a bootstrap CI. MEMORY
+    SPEED ("s_per_img"): mean per-sample share of batch wall time, with a bootstrap CI; the warm-up batch (the
+    first after a model loaded, flagged in its sidecar) is left out when other batches exist. MEMORY
     ("peak_mem_bytes"): the maximum peak over the task's batches (peak is a max, not a mean); N counts the
     samples that reported it (0 on a CPU run that measured none). Weights come from the manifest's method label.
     """
@@ -289,6 +290,9 @@ def aggregate_speed(
         w = (method_weights or {}).get(method, "unknown")
         nf = _failed_for(counts, method, task, None)
         secs = pd.to_numeric(g["seconds"], errors="coerce").to_numpy(dtype=np.float64)
+        warm = g["warmup"].to_numpy(dtype=bool) if "warmup" in g else np.zeros(len(g), dtype=bool)
+        if (~warm).any():  # the first batch after a model loads pays one-time costs: time the others
+            secs = secs[~warm]
         stats = _summary(secs, _group_seed(seed, method, task, SPEED), n_boot, confidence)
         rows.append({"method": method, "task": task, "metric": SPEED, "source": "sidecar", **stats, "n_failed": nf,
                      "n_gen": math.nan, "n_ref": math.nan, "weights": w})
@@ -413,7 +417,7 @@ def _scan_outputs(root: Path) -> pd.DataFrame:
                         "method": mdir.name, "task": tdir.name, "sample": sample,
                         "path": str(png) if png.is_file() else None,
                         "seconds": _num(side.get("seconds")), "peak_mem_bytes": _num(side.get("peak_mem_bytes")),
-                        "batch_size": _num(side.get("batch_size")),
+                        "batch_size": _num(side.get("batch_size")), "warmup": bool(side.get("warmup", False)),
                     })
     return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
 
