@@ -1,0 +1,223 @@
+"""One CLIP wrapper (open_clip) for the CLIP metrics and for the CLIP losses of img2img-turbo and DiffuseIT.
+
+Model ids are "<open_clip arch>/<pretrained tag>" (e.g. "ViT-B-32/openai"), or open_clip's "hf-hub:org/repo" /
+"local-dir:/path" schemas. `encode_image` takes float B x 3 x H x W in [0, 1] and does CLIP's own resize and
+normalisation differentiably (so it can serve as a loss); `encode_text` tokenises with open_clip's tokenizer (the
+real 49408-token BPE, also for the tiny preset; prompts longer than the context are truncated).
+
+Image preprocessing modes of `encode_image`:
+  "shortest" (default, CLIP/open_clip/torchmetrics): resize the short side to the model's size (bicubic, antialiased,
+      clamped to [0, 1]), centre-crop, normalise with the model's mean/std (OpenAI's for OpenAI weights). Equal to
+      open_clip's PIL transform up to PIL's uint8 quantisation;
+  "squash": bilinear resize straight to size x size without antialiasing (img2img-turbo's CLIP-similarity loss);
+  "none": the input must already be size x size (e.g. DiffuseIT's random crops); only normalised.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import open_clip
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torch.nn import functional as F
+
+from eval.encoders import (
+    EncoderInfo,
+    cached_encoder,
+    check_preset,
+    freeze,
+    hub_cached_file,
+    is_offline,
+    seeded_init,
+    tiny_dir,
+    warn_random,
+)
+from eval.store import atomic_path, atomic_write_json
+
+DEFAULT_METRIC_CLIP = "ViT-L-14/openai"
+"""CLIP for the metrics: torchmetrics' CLIPScore default and the diffusers directional-similarity doc
+(openai/clip-vit-large-patch14); also held out from the ViT-B/32 and B/16 that DiffuseIT/img2img-turbo optimise."""
+IMG2IMG_TURBO_CLIP = "ViT-B-32/openai"
+DIFFUSEIT_CLIP_ENSEMBLE = ("RN50/openai", "RN50x4/openai", "ViT-B-32/openai", "RN50x16/openai", "ViT-B-16/openai")
+"""DiffuseIT's `--clip_models` default ['RN50', 'RN50x4', 'ViT-B/32', 'RN50x16', 'ViT-B/16'] (OpenAI CLIP)."""
+
+TINY_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+RANDOM_SEED = 0
+RESIZE_MODES = ("shortest", "squash", "none")
+
+
+def parse_model_id(model_id: str) -> tuple[str, str | None]:
+    """'ViT-B-32/openai' -> ('ViT-B-32', 'openai'); schema ids and bare archs -> (id, None)."""
+    if model_id.startswith(("hf-hub:", "local-dir:")):
+        return model_id, None
+    arch, _, tag = model_id.partition("/")
+    if arch not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip architecture {arch!r} in {model_id!r}; e.g. 'ViT-B-32/openai', "
+                         f"'ViT-L-14/openai', 'RN50/openai', or 'hf-hub:org/repo' / 'local-dir:/path'")
+    return arch, tag or None
+
+
+def _hub_file(arch: str, tag: str) -> Path | None:
+    """The weights of (arch, tag) in the local Hugging Face cache, if there (no network)."""
+    hub = (open_clip.get_pretrained_cfg(arch, tag) or {}).get("hf_hub", "")
+    if not hub:
+        return None
+    parts = hub.strip("/").split("/")  # "org/repo/" or "org/repo/file"
+    named = ["/".join(parts[2:])] if len(parts) > 2 else []
+    return hub_cached_file("/".join(parts[:2]), named + ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"])
+
+
+def resolve_clip(model_id: str = DEFAULT_METRIC_CLIP, preset: str = "paper",
+                 source: str | Path | None = None) -> tuple[str, str, Path | None]:
+    """Where the CLIP weights would come from, without loading: (weights label, source, file or None)."""
+    check_preset(preset)
+    if preset == "tiny":
+        return "random", f"tiny open_clip ViT (stands in for {model_id}), random init seed {RANDOM_SEED}", None
+    name, tag = parse_model_id(model_id)
+    if source is not None:
+        return "real", f"local file {source}", Path(source)
+    if name.startswith("local-dir:"):
+        return "real", model_id, Path(name.split(":", 1)[1])
+    if name.startswith("hf-hub:"):
+        return "real", f"{model_id} (hub or its cache)", None
+    if tag is None:
+        return "random", f"{model_id}: no pretrained tag; random init seed {RANDOM_SEED}", None
+    hit = _hub_file(name, tag)
+    if hit is not None:
+        return "real", f"open_clip {name}/{tag} (hub cache)", hit
+    if not is_offline():
+        return "real", f"open_clip {name}/{tag} (download on first use)", None
+    return "random", f"open_clip {name}/{tag} not cached and offline; random init seed {RANDOM_SEED}", None
+
+
+class ClipModel(nn.Module):
+    """A frozen open_clip model with differentiable [0,1]-image and text encoders (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, tokenizer, info: EncoderInfo, model_id: str):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.info = info
+        self.model_id = model_id
+        cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+        size = cfg.get("size", model.visual.image_size)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(cfg.get("std", open_clip.OPENAI_DATASET_STD)).view(1, 3, 1, 1))
+
+    def preprocess(self, images: torch.Tensor, resize: str = "shortest") -> torch.Tensor:
+        """[0,1] B x 3 x H x W -> the model's normalised size x size input (differentiable)."""
+        s = self.image_size
+        if resize == "shortest":
+            h, w = images.shape[-2:]
+            scale = s / min(h, w)
+            nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
+            x = F.interpolate(images, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
+            top, left = (nh - s) // 2, (nw - s) // 2
+            x = x[..., top:top + s, left:left + s].clamp(0, 1)
+        elif resize == "squash":
+            x = F.interpolate(images, size=(s, s), mode="bilinear", align_corners=False)
+        elif resize == "none":
+            if tuple(images.shape[-2:]) != (s, s):
+                raise ValueError(f"resize='none' needs {s} x {s} images, got {tuple(images.shape[-2:])}")
+            x = images
+        else:
+            raise ValueError(f"unknown resize mode {resize!r}; choose one of {RESIZE_MODES}")
+        return (x - self.mean) / self.std
+
+    def encode_image(self, images: torch.Tensor, *, normalize: bool = True, resize: str = "shortest") -> torch.Tensor:
+        """Image embeddings B x E of [0,1] images (L2-normalised unless normalize=False); differentiable."""
+        emb = self.model.encode_image(self.preprocess(images, resize))
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def tokenize(self, texts: list[str] | str) -> torch.Tensor:
+        """Token ids B x context (open_clip BPE; long prompts truncated), on the model's device."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return self.tokenizer(texts).to(self.mean.device)
+
+    def encode_text(self, texts: list[str] | str, *, normalize: bool = True) -> torch.Tensor:
+        """Text embeddings B x E (L2-normalised unless normalize=False)."""
+        emb = self.model.encode_text(self.tokenize(texts))
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+
+def _tiny_dir() -> Path:
+    """The tiny preset as an open_clip local dir (open_clip_config.json + open_clip_model.safetensors)."""
+    path = tiny_dir("clip")
+    if not (path / "open_clip_model.safetensors").exists():
+        preprocess = {"size": 224, "mean": list(open_clip.OPENAI_DATASET_MEAN),
+                      "std": list(open_clip.OPENAI_DATASET_STD), "interpolation": "bicubic", "resize_mode": "shortest"}
+        atomic_write_json(path / "open_clip_config.json", {"model_cfg": TINY_CONFIG, "preprocess_cfg": preprocess})
+
+        def build() -> nn.Module:
+            return open_clip.create_model("local-dir:" + str(path), load_weights=False)
+
+        model = seeded_init(RANDOM_SEED, build)
+        with atomic_path(path / "open_clip_model.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    return path
+
+
+def load_clip(model_id: str = DEFAULT_METRIC_CLIP, preset: str = "paper", device: str = "cpu", *,
+              source: str | Path | None = None, strict: bool = False) -> ClipModel:
+    """A `ClipModel`, loaded once per (model id, preset, device, source).
+
+    paper: the model id's weights (`source` file/dir, the hub cache, or a download when online), else the same
+    architecture randomly initialised (seed 0) and labelled "random" (strict=True raises instead). tiny: a 2-layer
+    32-wide open_clip ViT (random, seed 0, real tokenizer) loaded from its local dir, whatever the model id.
+    """
+    check_preset(preset)
+    key = ("clip", model_id, preset, str(device), str(source) if source else None, strict)
+    return cached_encoder(key, lambda: _load_clip(model_id, preset, device, source, strict))
+
+
+def _load_clip(model_id: str, preset: str, device: str, source: str | Path | None, strict: bool) -> ClipModel:
+    weights, origin, file = resolve_clip(model_id, preset, source)
+    if preset == "tiny":
+        name = "local-dir:" + str(_tiny_dir())
+        model = open_clip.create_model(name)
+        file = _tiny_dir() / "open_clip_model.safetensors"
+        info = EncoderInfo("clip", f"tiny-clip({model_id})", preset, weights, origin, str(file), "")
+        return _finish(model, open_clip.get_tokenizer(name), info, model_id, device)
+    name, tag = parse_model_id(model_id)
+    quick_gelu = tag == "openai"  # OpenAI's weights use QuickGELU; keep the architecture identical when random
+    model = None
+    if weights == "real":
+        try:
+            if source is not None and Path(source).is_dir():
+                model = open_clip.create_model("local-dir:" + str(source))
+            elif source is not None:
+                model = open_clip.create_model(name, pretrained=str(source), force_quick_gelu=quick_gelu)
+            else:
+                model = open_clip.create_model(name, pretrained=tag, require_pretrained=True)
+                file = _hub_file(name, tag) if tag else file
+        except Exception as exc:  # hub/network errors come in many types
+            if source is not None or tag is None:  # an explicit file/dir/hub repo must load: no silent fallback
+                raise
+            weights, origin = "random", f"open_clip {model_id} weights unavailable ({type(exc).__name__}); random init"
+    if model is None:
+        if strict:
+            raise FileNotFoundError(f"No real CLIP weights for {model_id}: {origin}. Pass source=<weights file or "
+                                    "open_clip dir>, run online once to fill the hub cache, or use preset='tiny'.")
+        model = seeded_init(RANDOM_SEED, lambda: open_clip.create_model(name, force_quick_gelu=quick_gelu))
+        file = None
+    info = EncoderInfo("clip", model_id, preset, weights, origin, str(file) if file else None, "")
+    if weights == "random":
+        warn_random(info, origin)
+    return _finish(model, open_clip.get_tokenizer(name), info, model_id, device)
+
+
+def _finish(model: nn.Module, tokenizer, info: EncoderInfo, model_id: str, device: str) -> ClipModel:
+    clip = ClipModel(model, tokenizer, info, model_id)
+    desc = (f"float Bx3xHxW in [0,1] -> short side {clip.image_size} bicubic+antialias, centre crop, "
+            f"normalise mean={tuple(round(v, 4) for v in clip.mean.flatten().tolist())} "
+            f"std={tuple(round(v, 4) for v in clip.std.flatten().tolist())}; text: open_clip BPE tokenizer, "
+            f"context {getattr(tokenizer, 'context_length', 77)}")
+    clip.info = EncoderInfo(**{**info.as_dict(), "preprocessing": desc})
+    return freeze(clip.to(device))

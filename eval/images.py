@@ -1,0 +1,102 @@
+"""Image inputs of the metrics: loading (path / PIL / array / tensor -> float 3 x H x W in [0, 1]) and input guards.
+
+Every metric takes float B x 3 x H x W tensors in [0, 1] and rejects anything else with a message naming the fix
+(a uint8 tensor silently treated as [0, 1] floats, or [-1, 1] model outputs, are the classic ways metrics go wrong).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+IMAGE_EXTENSIONS = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}  # clean-fid's set
+RANGE_TOL = 1e-6
+
+
+def load_image(x: Any) -> torch.Tensor:
+    """A path, PIL image, HxWx3 uint8 array or (1x)3xHxW float tensor in [0,1] -> float32 3 x H x W in [0, 1]."""
+    import numpy as np
+    import torch
+
+    if isinstance(x, (str, os.PathLike)):
+        from PIL import Image
+
+        path = Path(x)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+        with Image.open(path) as im:
+            x = im.convert("RGB")
+    if hasattr(x, "convert") and hasattr(x, "size"):  # PIL image
+        x = np.array(x.convert("RGB"))
+    if isinstance(x, np.ndarray):
+        if x.dtype != np.uint8 or x.ndim != 3 or x.shape[2] != 3:
+            raise ValueError(f"numpy images must be H x W x 3 uint8, got {x.dtype} {x.shape}")
+        return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1).float() / 255.0
+    if isinstance(x, torch.Tensor):
+        t = x[0] if x.ndim == 4 and x.shape[0] == 1 else x
+        return check_images(t[None], "image", "load_image")[0]
+    raise TypeError(f"cannot load an image from {type(x).__name__}; pass a path, PIL image, uint8 array or tensor")
+
+
+def check_images(x: Any, what: str, metric: str, *, batch: int | None = None) -> torch.Tensor:
+    """Validate float B x 3 x H x W in [0, 1] (optionally of batch size `batch`); returns it as float32."""
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{metric}: `{what}` must be a float torch.Tensor B x 3 x H x W in [0, 1], "
+                        f"got {type(x).__name__}")
+    if not torch.is_floating_point(x):
+        raise TypeError(f"{metric}: `{what}` must be a float tensor in [0, 1], got dtype {x.dtype}; "
+                        "convert uint8 images with x.float() / 255")
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"{metric}: `{what}` must have shape B x 3 x H x W, got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{metric}: `{what}` is an empty batch")
+    if batch is not None and x.shape[0] != batch:
+        raise ValueError(f"{metric}: `{what}` has batch size {x.shape[0]} but the images have {batch}")
+    lo, hi = float(x.detach().min()), float(x.detach().max())
+    if not (lo >= -RANGE_TOL and hi <= 1 + RANGE_TOL):  # also catches NaN
+        hint = " (looks like [-1, 1]: use (x + 1) / 2)" if lo < -RANGE_TOL and lo >= -1 - RANGE_TOL else ""
+        hint = hint or (" (looks like [0, 255]: divide by 255)" if hi > 1 + RANGE_TOL else "")
+        raise ValueError(f"{metric}: `{what}` values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]{hint}")
+    return x.float()
+
+
+def check_same_size(a: torch.Tensor, b: torch.Tensor, what_a: str, what_b: str, metric: str) -> None:
+    """Raise unless two batches share H x W (pixel and LPIPS metrics compare aligned images)."""
+    if tuple(a.shape[2:]) != tuple(b.shape[2:]):
+        raise ValueError(f"{metric}: `{what_a}` ({tuple(a.shape[2:])}) and `{what_b}` ({tuple(b.shape[2:])}) must "
+                         "have the same H x W; resize one of them first")
+
+
+def check_prompts(p: Any, n: int, what: str, metric: str) -> list[str]:
+    """A list of n strings (a single string is repeated n times)."""
+    if isinstance(p, str):
+        return [p] * n
+    if not isinstance(p, Sequence) or not all(isinstance(s, str) for s in p):
+        raise TypeError(f"{metric}: `{what}` must be a string or a list of {n} strings, got {type(p).__name__}")
+    if len(p) != n:
+        raise ValueError(f"{metric}: `{what}` has {len(p)} prompts but the images have batch size {n}")
+    return list(p)
+
+
+def list_image_files(src: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """A folder (searched recursively, sorted like clean-fid) or an explicit list -> image file paths."""
+    if isinstance(src, (str, os.PathLike)):
+        root = Path(src)
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder not found: {root}")
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {root}")
+        return files
+    files = [Path(p) for p in src]
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"image files not found: {missing[:3]}")
+    return files
