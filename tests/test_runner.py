@@ -177,3 +177,20 @@ def test_kill_9_mid_run_then_resume_completes_without_recomputing(tmp_path):
     assert not list(done.rglob("*.tmp")), "temp files of the killed run are cleaned up on resume"
     for stem, stamp in finished.items():  # finished samples were not recomputed
         assert (out_dir / f"{stem}.json").stat().st_mtime_ns == stamp
+
+
+def _odd_samples() -> list[Sample]:
+    img = Image.fromarray((np.random.default_rng(1).random((60, 64, 3)) * 255).astype(np.uint8))
+    return [Sample(id="odd", image=img, tgt_prompt="a dog"), Sample(id="noprompt", image=img.crop((0, 0, 64, 56)))]
+
+
+def test_bad_sizes_and_missing_prompts_fail_per_sample_with_the_fix(tmp_path):
+    register_task(Task(name="test-odd", kind="text-edit", description="test", loader=_odd_samples))
+    run_dir = benchmark.run(_cfg(tmp_path / "r", tasks=["test-odd"]))
+    fails = {p.stem: json.loads(p.read_text()) for p in (run_dir / "failures").rglob("*.json")}
+    assert "64x60" in fails["odd"]["error"] and "multiples of 8" in fails["odd"]["error"]
+    assert "--resolution" in fails["odd"]["error"]
+    assert "needs a target prompt" in fails["noprompt"]["error"] and "noprompt" in fails["noprompt"]["error"]
+    # --resolution makes the same data usable
+    run_dir = benchmark.run(_cfg(tmp_path / "r2", tasks=["test-odd"], resolution=32))
+    assert sorted(p.stem for p in (run_dir / "failures").rglob("*.json")) == ["noprompt"]
