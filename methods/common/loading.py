@@ -17,16 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eval.encoders import is_offline
 from eval.store import atomic_path, cache_dir
 
 from ..base import WeightsNotFoundError
 
 CLIP_VOCAB_SIZE = 49408  # the BPE vocabulary of every SD 1.x / 2.x text encoder (and open_clip's tokenizer)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
 
 
 def _missing(source: str, why: str) -> WeightsNotFoundError:
@@ -63,7 +60,7 @@ def _snapshot(repo_id: str, allow_patterns: list[str] | None) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError, HFValidationError):
         pass
-    if _offline():
+    if is_offline():
         raise _missing(repo_id, "HF_HUB_OFFLINE=1 and it is not in the Hugging Face cache")
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
@@ -79,7 +76,7 @@ def _download_url(url: str) -> Path:
     dest = cache_dir() / "weights" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
     if dest.exists():
         return dest
-    if _offline():
+    if is_offline():
         raise WeightsNotFoundError(
             f"weights {url} not found locally (HF_HUB_OFFLINE=1). Download the file elsewhere and pass its path "
             f"with --weights, or place it at {dest}"
