@@ -105,9 +105,15 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 try:
-                    pid = int(self.path.read_text().split()[0])
+                    owner = self.path.read_text().split()
+                    pid, host = int(owner[0]), (owner[1] if len(owner) > 1 else platform.node())
                 except (OSError, ValueError, IndexError):
-                    pid = -1
+                    pid, host = -1, platform.node()
+                if host != platform.node():  # another machine of a cluster: its PIDs cannot be checked here
+                    raise SystemExit(
+                        f"error: {self.path.parent} is locked by pid {pid} on host {host}. If that run is over, "
+                        f"delete {self.path}"
+                    ) from None
                 if pid > 0 and pid != os.getpid() and _pid_alive(pid):
                     raise SystemExit(
                         f"error: {self.path.parent} is in use by a running benchmark (pid {pid}). Wait for it, "
@@ -257,9 +263,16 @@ def _batches(items: list[WorkItem], batch_size: int) -> list[list[WorkItem]]:
     return out
 
 
-def _translate_batch(model: Any, batch: list[WorkItem], cfg: RunConfig, direction: str, run_dir: Path,
+def _is_oom(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def _translate_batch(model: Any, batch: list[WorkItem], cfg: RunConfig, direction: str, run_dir: Path, device: str,
                      warmup: bool = False) -> int:
-    """Translate and save one batch; on failure retry its samples one by one. Returns the number saved."""
+    """Translate and save one batch. Out of memory: retry in halves; another error: retry sample by sample, so
+    the failure is pinned on the samples that cause it. Returns the number of outputs saved."""
     import torch
 
     from eval.store import atomic_write_json
@@ -279,16 +292,23 @@ def _translate_batch(model: Any, batch: list[WorkItem], cfg: RunConfig, directio
             direction=direction, ids=[it.sample.id for it in batch],
         )
         model.check_input(inp, batch[0].kind)
-        gens = [torch.Generator(device=cfg.device).manual_seed(it.seed) for it in batch]
-        with torch.inference_mode(False), measure(cfg.device) as m:
+        gens = [torch.Generator(device=device).manual_seed(it.seed) for it in batch]
+        with measure(device) as m:
             out = model.translate(inp, generator=gens)
         images = out.images
         expected = (len(batch), 3, *inp.size)
         if tuple(images.shape) != expected:
             raise RuntimeError(f"method returned images of shape {tuple(images.shape)}, expected {expected}")
     except Exception as err:
-        if len(batch) > 1:  # isolate the failing sample(s); the others still get done
-            return sum(_translate_batch(model, [it], cfg, direction, run_dir, warmup) for it in batch)
+        oom = _is_oom(err)
+        if oom and str(device).startswith("cuda"):
+            torch.cuda.empty_cache()
+        if len(batch) > 1:
+            half = (len(batch) + 1) // 2
+            parts = [batch[:half], batch[half:]] if oom else [[it] for it in batch]
+            if oom:
+                _log(cfg, f"{batch[0].method}: out of memory at batch size {len(batch)}; retrying at {half}", err=True)
+            return sum(_translate_batch(model, part, cfg, direction, run_dir, device, warmup) for part in parts)
         _record_failure(run_dir, batch[0], "translate", err)
         return 0
     saved = 0
@@ -319,100 +339,198 @@ def _jsonable(extras: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in extras.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
-def run(cfg: RunConfig) -> Path:
-    """Generate outputs for every (method, task, sample), then evaluate and report. Returns the run directory."""
+@dataclass
+class MethodPlan:
+    """What one method has to do in this run (the same on every process: computed before anything is written)."""
+
+    name: str
+    cls: Any
+    preset: str
+    source: str
+    overrides: dict[str, Any]
+    items: list[WorkItem]
+    pending: list[WorkItem]
+
+
+def _dist_state(cfg: RunConfig) -> Any:
+    """accelerate's PartialState when launched with several processes (torchrun, accelerate launch), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from datetime import timedelta
+
+    from accelerate import PartialState
+
+    # generation between two barriers can take hours on real data: a long collective timeout
+    return PartialState(cpu=not cfg.device.startswith("cuda"), timeout=timedelta(hours=24))
+
+
+INPUT_FAILURES = "_inputs"  # failures/_inputs/<task>/<sample>.json: input files that could not be read
+
+
+def _load_tasks(cfg: RunConfig, record: bool) -> dict[str, tuple[Any, list[Any]]]:
+    """Every task's samples; an unreadable input file is recorded (rank 0) and skipped, the run goes on."""
+    from datasets import get_task, task_from_folder
+    from eval.store import atomic_write_json
+
+    tasks = {}
+    for spec in cfg.tasks:
+        task = task_from_folder(spec) if Path(spec).is_dir() else get_task(spec)  # a user's folder works too
+        name = task.name
+
+        def skip(sample_id: str, err: Exception, task: str = name) -> None:
+            _log(cfg, f"{task}: skipping sample {sample_id!r}: {err}", err=True)
+            if record:
+                atomic_write_json(cfg.out / "failures" / INPUT_FAILURES / task / f"{_file_safe(sample_id)}.json", {
+                    "method": INPUT_FAILURES, "task": task, "sample": sample_id, "phase": "input",
+                    "error": f"{type(err).__name__}: {err}", "traceback": ""})
+
+        samples = task.load(cfg.max_samples, on_error=skip)
+        if cfg.resolution:
+            samples = [_resized(s, cfg.resolution, task.kind) for s in samples]
+        _check_ids(name, samples)
+        tasks[name] = (task, samples)
+    return tasks
+
+
+def _plan(cfg: RunConfig, tasks: dict[str, tuple[Any, list[Any]]]) -> tuple[list[MethodPlan], list[dict]]:
+    """Per method: its work items (with content keys) and those whose outputs are missing or stale."""
     import methods
-    from datasets import get_task
+    from methods.base import config_hash
+    from methods.common.loading import weights_identity
+
+    plans, skipped = [], []
+    for mname in cfg.methods:
+        cls = methods.get(mname)
+        card = cls.card
+        overrides = cfg.overrides.get(mname, {})
+        # a method without the asked-for tiny variant (e.g. tiny-turbo) runs its plain tiny preset
+        preset = "tiny" if cfg.preset.startswith("tiny") and cfg.preset not in card.weights else cfg.preset
+        source = cfg.weights or card.weights_for(preset)
+        chash = config_hash(cls.resolve_config(preset, overrides))
+        wid = weights_identity(source)
+        items: list[WorkItem] = []
+        for tname, (task, samples) in tasks.items():
+            if task.kind not in card.kinds:
+                skipped.append({"method": mname, "task": tname,
+                                "reason": f"{mname} does not support {task.kind!r} tasks"})
+                continue
+            for s in samples:
+                seed = sample_seed(cfg.seed, s.id)
+                key = hashlib.sha256(json.dumps(
+                    [mname, chash, wid, seed, input_hash(s, task.kind, task.direction), cfg.dtype],
+                    default=str).encode()).hexdigest()
+                items.append(WorkItem(mname, tname, task.kind, s, key, seed))
+        pending = [it for it in items if not _is_done(cfg.out, it)]
+        plans.append(MethodPlan(mname, cls, preset, str(source), overrides, items, pending))
+    return plans, skipped
+
+
+def _start_manifest(cfg: RunConfig, tasks: dict[str, tuple[Any, list[Any]]], plans: list[MethodPlan],
+                    world: int) -> dict[str, Any]:
     from eval.store import atomic_write_json, read_json
     from methods.base import config_hash
     from methods.common.loading import weights_identity
 
-    run_dir = cfg.out
+    manifest = read_json(cfg.out / "manifest.json", {}) or {}
+    manifest.update({
+        "created": manifest.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(sys.argv), "git_sha": _git_sha(), "versions": _versions(), "processes": world,
+        "device": cfg.device, "device_name": _device_name(cfg.device), "dtype": cfg.dtype, "seed": cfg.seed,
+        "preset": cfg.preset, "batch_size": cfg.batch_size, "platform": platform.platform(),
+    })
+    manifest.setdefault("tasks", {})
+    manifest.setdefault("methods", {})
+    for name, (task, samples) in tasks.items():
+        manifest["tasks"][name] = {"kind": task.kind, "n_samples": len(samples), "description": task.description,
+                                   "direction": task.direction, "metrics": list(task.metrics),
+                                   "resolution": cfg.resolution or task.resolution}
+    for p in plans:
+        config = p.cls.resolve_config(p.preset, p.overrides)
+        card = p.cls.card
+        manifest["methods"][p.name] = {
+            "paper": card.paper, "url": card.url, "preset": p.preset, "weights": p.source,
+            "weights_id": weights_identity(p.source),
+            "weights_label": "random" if p.source.startswith("tiny:") else "n/a" if p.source == "none" else "real",
+            "config": config, "config_hash": config_hash(config),
+        }
+    atomic_write_json(cfg.out / "manifest.json", manifest)
+    return manifest
+
+
+def _generate(plan: MethodPlan, mine: list[WorkItem], cfg: RunConfig, device: str,
+              tasks: dict[str, tuple[Any, list[Any]]]) -> None:
+    """Load the method once and translate this process's share of its pending samples."""
     tqdm = _tqdm(cfg.quiet)
-    with RunLock(run_dir):
-        for stale in run_dir.rglob(".*.tmp"):  # half-written files of a killed run (we hold the lock)
-            stale.unlink(missing_ok=True)
-        manifest = read_json(run_dir / "manifest.json", {}) or {}
-        manifest.update({
-            "created": manifest.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join(sys.argv), "git_sha": _git_sha(), "versions": _versions(),
-            "device": cfg.device, "device_name": _device_name(cfg.device), "dtype": cfg.dtype, "seed": cfg.seed,
-            "preset": cfg.preset, "batch_size": cfg.batch_size, "platform": platform.platform(),
-        })
-        manifest.setdefault("methods", {})
-        manifest.setdefault("tasks", {})
-        skipped = []
+    run_dir = cfg.out
+    try:
+        model = plan.cls.from_pretrained(None if plan.source == "none" else plan.source, preset=plan.preset,
+                                         device=device, dtype=cfg.dtype, **plan.overrides)
+    except Exception as err:
+        for it in mine:
+            _record_failure(run_dir, it, "load", err)
+        _log(cfg, f"{plan.name}: failed to load: {type(err).__name__}: {err}", err=True)
+        return
+    by_task: dict[str, list[WorkItem]] = {}
+    for it in mine:
+        by_task.setdefault(it.task, []).append(it)
+    first = True
+    for tname, titems in by_task.items():
+        bar = tqdm(total=len(titems), desc=f"{plan.name} / {tname}", unit="img", leave=False)
+        for batch in _batches(titems, cfg.batch_size):
+            n = _translate_batch(model, batch, cfg, tasks[tname][0].direction, run_dir, device, warmup=first)
+            first = False
+            bar.update(len(batch))
+            if n < len(batch):
+                bar.set_postfix(failed=len(batch) - n)
+        bar.close()
 
-        tasks = {}
-        for name in cfg.tasks:
-            task = get_task(name)
-            samples = task.load(cfg.max_samples)
-            if cfg.resolution:
-                samples = [_resized(s, cfg.resolution, task.kind) for s in samples]
-            _check_ids(name, samples)
-            tasks[name] = (task, samples)
-            _save_inputs(run_dir, name, samples)
-            manifest["tasks"][name] = {"kind": task.kind, "n_samples": len(samples), "description": task.description,
-                                       "direction": task.direction, "metrics": list(task.metrics),
-                                       "resolution": cfg.resolution or task.resolution}
-        atomic_write_json(run_dir / "manifest.json", manifest)
 
-        for mname in cfg.methods:
-            cls = methods.get(mname)
-            card = cls.card
-            overrides = cfg.overrides.get(mname, {})
-            # a method without the asked-for tiny variant (e.g. tiny-turbo) runs its plain tiny preset
-            preset = "tiny" if cfg.preset.startswith("tiny") and cfg.preset not in card.weights else cfg.preset
-            source = cfg.weights or card.weights_for(preset)
-            config = cls.resolve_config(preset, overrides)
+def run(cfg: RunConfig) -> Path:
+    """Generate outputs for every (method, task, sample), then evaluate and report. Returns the run directory.
 
-            wid = weights_identity(source)
-            items: list[WorkItem] = []
-            for tname, (task, samples) in tasks.items():
-                if task.kind not in card.kinds:
-                    skipped.append({"method": mname, "task": tname,
-                                    "reason": f"{mname} does not support {task.kind!r} tasks"})
-                    continue
-                for s in samples:
-                    seed = sample_seed(cfg.seed, s.id)
-                    key = hashlib.sha256(json.dumps(
-                        [mname, config_hash(config), wid, seed, input_hash(s, task.kind, task.direction),
-                         cfg.dtype], default=str).encode()).hexdigest()
-                    items.append(WorkItem(mname, tname, task.kind, s, key, seed))
-            manifest["methods"][mname] = {
-                "paper": card.paper, "url": card.url, "preset": preset, "weights": str(source), "weights_id": wid,
-                "weights_label": "random" if str(source).startswith("tiny:") else
-                                 "n/a" if source == "none" else "real",
-                "config": config, "config_hash": config_hash(config),
-            }
-            pending = [it for it in items if not _is_done(run_dir, it)]
-            done = len(items) - len(pending)
-            if not pending:
-                _log(cfg, f"{mname}: all {len(items)} outputs up to date")
+    Under `torchrun` / `accelerate launch` every process runs this: rank 0 takes the run lock and writes the
+    inputs and the manifest, every process plans the same work, translates its share
+    (`split_between_processes`), and rank 0 waits for all, then computes the metrics and the report.
+    """
+    import contextlib
+
+    from eval.store import atomic_write_json
+
+    state = _dist_state(cfg)
+    main = state is None or state.is_main_process
+    world = 1 if state is None else state.num_processes
+    device = str(state.device) if state is not None and cfg.device.startswith("cuda") else cfg.device
+    run_dir = cfg.out
+    with RunLock(run_dir) if main else contextlib.nullcontext():
+        tasks = _load_tasks(cfg, record=main)
+        if main:
+            for stale in run_dir.rglob(".*.tmp"):  # half-written files of a killed run (we hold the lock)
+                stale.unlink(missing_ok=True)
+            for name, (_, samples) in tasks.items():
+                _save_inputs(run_dir, name, samples)
+        if state is not None:
+            state.wait_for_everyone()  # everyone plans against the same files
+        plans, skipped = _plan(cfg, tasks)
+        if state is not None:
+            state.wait_for_everyone()  # nobody writes before everyone has planned
+        manifest = _start_manifest(cfg, tasks, plans, world) if main else {}
+        for plan in plans:
+            if not plan.pending:
+                _log(cfg, f"{plan.name}: all {len(plan.items)} outputs up to date")
                 continue
-            _log(cfg, f"{mname}: {len(pending)} to do, {done} up to date (weights {source})")
-            try:
-                model = cls.from_pretrained(None if source == "none" else source, preset=preset, device=cfg.device,
-                                            dtype=cfg.dtype, **overrides)
-            except Exception as err:
-                for it in pending:
-                    _record_failure(run_dir, it, "load", err)
-                _log(cfg, f"{mname}: failed to load: {type(err).__name__}: {err}", err=True)
-                continue
-            by_task: dict[str, list[WorkItem]] = {}
-            for it in pending:
-                by_task.setdefault(it.task, []).append(it)
-            first = True
-            for tname, titems in by_task.items():
-                bar = tqdm(total=len(titems), desc=f"{mname} / {tname}", unit="img", leave=False)
-                for batch in _batches(titems, cfg.batch_size):
-                    n = _translate_batch(model, batch, cfg, tasks[tname][0].direction, run_dir, warmup=first)
-                    first = False
-                    bar.update(len(batch))
-                    if n < len(batch):
-                        bar.set_postfix(failed=len(batch) - n)
-                bar.close()
-            del model
+            if main:
+                _log(cfg, f"{plan.name}: {len(plan.pending)} to do, {len(plan.items) - len(plan.pending)} up to "
+                          f"date (weights {plan.source}, {world} process(es))")
+            if state is None:
+                _generate(plan, plan.pending, cfg, device, tasks)
+            else:
+                with state.split_between_processes(plan.pending) as mine:
+                    if mine:
+                        _generate(plan, list(mine), cfg, device, tasks)
+        if state is not None:
+            state.wait_for_everyone()
+        if not main:
+            return run_dir
         if cfg.explicit:
             for s in skipped:
                 _log(cfg, f"skipped {s['method']} on {s['task']}: {s['reason']}", err=True)
@@ -511,6 +629,12 @@ def _write_report(run_dir: Path) -> tuple[Path, Path]:
     return write_report(run_dir)
 
 
+def _file_safe(name: str) -> str:
+    """A file name for an id that may itself be unsafe (it is what is being reported)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".")
+    return safe[:100] or "unnamed"
+
+
 def _check_ids(task: str, samples: Sequence[Any]) -> None:
     """Sample ids become file names: refuse unsafe or duplicate ones before anything is written."""
     from datasets import DataError
@@ -561,6 +685,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.weights and len(names) != 1:
         raise SystemExit("error: --weights applies to a single method; pass exactly one --methods NAME with it")
     run_dir = run(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 reports for the whole group
     n_out = sum(1 for _ in (run_dir / "outputs").rglob("*.png")) if (run_dir / "outputs").exists() else 0
     n_fail = sum(1 for _ in (run_dir / "failures").rglob("*.json")) if (run_dir / "failures").exists() else 0
     print(f"done: {n_out} outputs, {n_fail} failures in {run_dir.resolve()}")

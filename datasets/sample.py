@@ -51,14 +51,26 @@ class Task:
     split: str = "test"
     bundled: bool = False  # True: needs no download (the sample suite)
 
-    def load(self, max_samples: int | None = None) -> list[Sample]:
+    def load(self, max_samples: int | None = None,
+             on_error: Callable[[str, Exception], None] | None = None) -> list[Sample]:
+        """The samples (at most `max_samples`). With `on_error`, a sample whose files cannot be read (DataError) is
+        reported through `on_error(sample_id, error)` and skipped, so one broken file does not stop a run."""
+        from .errors import DataError
+
         # Slice before materialising: the layout loaders return lazy sequences that read pixels on access.
         samples = self.loader()
-        if not isinstance(samples, Sequence):  # a generator or other iterable
-            samples = list(samples)
         if max_samples:
             samples = samples[:max_samples]
-        return list(samples)
+        if on_error is None:
+            return list(samples)
+        ids = getattr(samples, "ids", None)
+        out = []
+        for i in range(len(samples)):
+            try:
+                out.append(samples[i])
+            except DataError as err:
+                on_error(ids[i] if ids else f"#{i}", err)
+        return out
 
     def reference_images(self) -> list[str]:
         return list(self.reference_loader()) if self.reference_loader else []

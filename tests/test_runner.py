@@ -142,10 +142,11 @@ def test_kind_mismatch_is_skipped_and_recorded(tmp_path):
 def test_second_process_on_same_run_dir_fails_fast_and_stale_lock_recovers(tmp_path):
     run_dir = tmp_path / "r"
     run_dir.mkdir()
-    (run_dir / "run.lock").write_text(f"{os.getppid()} host\n")  # a live process holds it
+    host = __import__("platform").node()
+    (run_dir / "run.lock").write_text(f"{os.getppid()} {host}\n")  # a live process holds it
     with pytest.raises(SystemExit, match="in use by a running benchmark"):
         benchmark.run(_cfg(run_dir))
-    (run_dir / "run.lock").write_text("999999999 host\n")  # its owner is gone
+    (run_dir / "run.lock").write_text(f"999999999 {host}\n")  # its owner is gone
     benchmark.run(_cfg(run_dir))
     assert not (run_dir / "run.lock").exists() and len(_pngs(run_dir)) == N
 

@@ -133,6 +133,41 @@ def weights_identity(source: str | os.PathLike) -> str:
     return s
 
 
+class UnsafeCheckpointError(WeightsNotFoundError):
+    """A checkpoint that would need to execute code (or build arbitrary objects) to load."""
+
+
+def load_state_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Tensors of a checkpoint file, never executing code from it.
+
+    `.safetensors` are read with safetensors; anything else (`.pt`, `.pth`, `.pkl`, `.bin`) with
+    `torch.load(weights_only=True)`, which only rebuilds tensors and plain containers. A pickle that carries code
+    (a `__reduce__` calling a function, a custom class) is refused with UnsafeCheckpointError.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"refused to load {path}: it is a pickle that needs code or objects beyond tensors to load "
+            f"({str(e).splitlines()[0][:200]}). Only plain state dicts are loaded; if you trust the file, convert it "
+            "to .safetensors on a trusted machine."
+        ) from None
+    except (RuntimeError, EOFError, ValueError) as e:
+        raise WeightsNotFoundError(
+            f"{path} is not a readable checkpoint ({type(e).__name__}: {e}); re-download it") from None
+
+
 def parse_dtype(dtype: Any) -> Any:
     """torch dtype from a dtype, None (float32) or a name: float32/fp32, float16/fp16/half, bfloat16/bf16."""
     import torch
