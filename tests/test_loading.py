@@ -123,3 +123,15 @@ def test_weights_identity_changes_when_local_weights_change(tmp_path):
     (d / "a.safetensors").write_bytes(b"123456")
     assert loading.weights_identity(d) != first
     assert loading.weights_identity("tiny:sd-1.4") == f"tiny:sd-1.4@v{tiny.TINY_VERSION}"
+
+
+def test_local_snapshot_dir_loads_and_a_missing_weight_file_is_named(tmp_path):
+    src = loading.resolve("tiny:sd-1.4")
+    local = tmp_path / "sd"
+    shutil.copytree(src, local)
+    comps = loading.load_sd(local)
+    assert comps.weights_id.startswith(f"local:{local}") and comps.tokenizer.vocab_size == 49408
+    for f in (local / "unet").glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(WeightsNotFoundError, match=r"sd/unet could not be loaded.*re-download"):
+        loading.load_sd(local)

@@ -247,11 +247,20 @@ def load_sd(source: str | os.PathLike, *, device: Any = "cpu", dtype: Any = None
     sched_cls = getattr(diffusers, sched_cfg.get("_class_name", ""), None)
     if not (isinstance(sched_cls, type) and issubclass(sched_cls, SchedulerMixin)):
         raise WeightsNotFoundError(f"{path}/scheduler names an unknown scheduler {sched_cfg.get('_class_name')!r}")
+    def part(cls: Any, sub: str, **kw: Any) -> Any:
+        try:
+            return cls.from_pretrained(path, subfolder=sub, **kw)
+        except (OSError, ValueError, KeyError) as e:  # a missing/partial file: say which folder, not a deep trace
+            raise WeightsNotFoundError(
+                f"{path}/{sub} could not be loaded ({type(e).__name__}: {str(e).splitlines()[0][:300]}); the snapshot "
+                "is incomplete or corrupt: re-download it"
+            ) from None
+
     comps = SDComponents(
         tokenizer=tokenizer,
-        text_encoder=CLIPTextModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=torch_dtype),
-        vae=AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch_dtype),
-        unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype),
+        text_encoder=part(CLIPTextModel, "text_encoder", torch_dtype=torch_dtype),
+        vae=part(AutoencoderKL, "vae", torch_dtype=torch_dtype),
+        unet=part(UNet2DConditionModel, "unet", torch_dtype=torch_dtype),
         scheduler=sched_cls.from_pretrained(path, subfolder="scheduler"),
         path=path,
         weights_id=weights_id(source, path),
