@@ -304,7 +304,8 @@ def task_from_folder(
         loader = lambda: layouts.load_folder(root, prompts, resolution=resolution, require=require)
     loader()  # structural checks now (lazy pixels: no image is decoded here)
     task = _validate(Task(
-        name=name or f"folder:{root.name}", kind=kind, description=f"User data at {root} ({layout} layout).",
+        name=name or root.resolve().name,  # the folder's name: it becomes a directory name in run outputs
+        kind=kind, description=f"User data at {root} ({layout} layout).",
         loader=loader, metrics=tuple(metrics) if metrics is not None else DEFAULT_METRICS[kind],
         direction=direction, resolution=resolution, reference_loader=refs, dataset=str(root), split=split,
         bundled=False,

@@ -494,8 +494,9 @@ def load_run(run_dir: str | Path) -> Run:
     failures = _scan_failures(root)
     m_methods = manifest.get("methods") if isinstance(manifest.get("methods"), dict) else {}
     m_tasks = manifest.get("tasks") if isinstance(manifest.get("tasks"), dict) else {}
-    methods = _ordered(m_methods, outputs["method"], failures["method"], per_image["method"],
-                       distribution["method"])
+    # pseudo-methods such as "_inputs" (unreadable input files) appear in the failure list, not as table rows
+    methods = [m for m in _ordered(m_methods, outputs["method"], failures["method"], per_image["method"],
+                                   distribution["method"]) if not str(m).startswith("_")]
     tasks = _ordered(m_tasks, inputs["task"], outputs["task"], failures["task"], per_image["task"],
                      distribution["task"])
     # Weights column missing (older writers): fall back to the method's manifest label.
