@@ -15,7 +15,9 @@ from .base import MethodCard, Translator
 
 # name -> "module:Class". Keep sorted; one line per method.
 _BUILTIN: dict[str, str] = {
+    "cyclegan-turbo": "methods.img2img_turbo:CycleGANTurbo",
     "identity": "methods.identity:Identity",
+    "pix2pix-turbo": "methods.img2img_turbo:Pix2PixTurbo",
     "sdedit": "methods.sdedit:SDEdit",
 }
 _LOADED: dict[str, type[Translator]] = {}

@@ -10,6 +10,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # .ci/run exports it too; it must be set before huggingface_hub loads
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models on a 2-core machine: one OpenMP thread per process. With 2 threads, small ops slowed down ~100x
+# whenever a second process (a CLI/torchrun test, a helper) shared the cores (oversubscription).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

@@ -27,14 +27,14 @@ from pathlib import Path
 
 from eval.store import cache_dir
 
-TINY_VERSION = 1
+TINY_VERSION = 2  # 2: sd-turbo scheduler config carries clip_sample=false like the real file
 SEED = 0
 
 # SD-Turbo's scheduler config (HF stabilityai/sd-turbo/scheduler/scheduler_config.json; spec img2img-turbo §A.3).
 SD_TURBO_SCHEDULER = dict(
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
     prediction_type="epsilon", timestep_spacing="trailing", steps_offset=1, interpolation_type="linear",
-    use_karras_sigmas=False,
+    use_karras_sigmas=False, clip_sample=False,  # img2img-turbo loads this file as a DDPMScheduler
 )
 # SD 1.4's scheduler config (HF CompVis/stable-diffusion-v1-4/scheduler/scheduler_config.json).
 SD14_SCHEDULER = dict(
