@@ -18,6 +18,7 @@ _BUILTIN: dict[str, str] = {
     "cyclegan-turbo": "methods.img2img_turbo:CycleGANTurbo",
     "identity": "methods.identity:Identity",
     "pix2pix-turbo": "methods.img2img_turbo:Pix2PixTurbo",
+    "pix2pix-zero": "methods.pix2pix_zero:Pix2PixZero",
     "sdedit": "methods.sdedit:SDEdit",
 }
 _LOADED: dict[str, type[Translator]] = {}
