@@ -727,13 +727,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _perf_batch(card: Any, size: int, batch_size: int) -> Any:
+def _perf_batch(card: Any, size: int, batch_size: int, seed: int = 0) -> Any:
     """A synthetic batch every kind of method can take: images, condition, reference, prompts."""
     import torch
 
     from methods import TranslationInput
 
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     x = torch.rand(batch_size, 3, size, size, generator=g)
     return TranslationInput(images=x, condition=x.clone(), reference=torch.rand(x.shape, generator=g),
                             src_prompts=["a photo of a cat"] * batch_size,
@@ -762,11 +762,14 @@ def cmd_perf(args: argparse.Namespace) -> int:
                                     **overrides.get(name, {}))
         size = max(args.resolution, card.min_size)
         size -= size % card.size_multiple
-        batch = _perf_batch(card, size, args.batch_size)
+        # a fresh input per call (made before timing): methods that cache per input (pix2pix-zero's inversions)
+        # are timed on their full path, not on cache hits
+        batches = iter([_perf_batch(card, size, args.batch_size, seed=i)
+                        for i in range(args.warmup + 2 * args.repeats)])
 
-        def once(model: Any = model, batch: Any = batch) -> Any:
+        def once(model: Any = model, batches: Any = batches) -> Any:
             gens = [torch.Generator(device=args.device).manual_seed(i) for i in range(args.batch_size)]
-            return model.translate(batch, generator=gens)
+            return model.translate(next(batches), generator=gens)
 
         stats = bench(once, warmup=args.warmup, repeats=args.repeats, device=args.device)
         # the census and the overhead ratio come from hooked runs: each ratio compares a run with its own time

@@ -27,8 +27,9 @@ METRICS = ("fid", "kid", "dino_struct", "clip_score", "clip_directional", "clip_
 
 #: Which metrics apply to each kind (what the papers of that kind report and the data supports).
 DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
-    # CycleGAN-Turbo: FID (vs target domain) + DINO structure (vs input); CLIP score vs the target prompt.
-    "unpaired": ("fid", "kid", "dino_struct", "clip_score"),
+    # CycleGAN-Turbo: FID (vs target domain) + DINO structure (vs input); CLIP score vs the target prompt;
+    # pix2pix-zero's CLIP accuracy (the fixed domain prompts are its source/target texts) and LPIPS to the input.
+    "unpaired": ("fid", "kid", "dino_struct", "clip_score", "clip_accuracy", "lpips"),
     # pix2pix-Turbo: FID vs the test targets, plus per-pair fidelity to the ground truth.
     "paired": ("fid", "kid", "lpips", "psnr", "ssim", "clip_score"),
     # pix2pix-zero: CLIP accuracy + structure distance; also CLIP score/directional and LPIPS to the input.
