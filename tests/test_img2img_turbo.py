@@ -47,15 +47,6 @@ def _perturb(gen: nn.Module, seed: int = 1, scale: float = 0.05) -> None:
                 p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks run fastest on one thread, and a loaded 2-core machine makes 2-thread OpenMP ops ~100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 @pytest.fixture(scope="module")
 def p2p():
     return methods.create("pix2pix-turbo", preset="tiny")

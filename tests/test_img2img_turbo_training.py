@@ -49,15 +49,6 @@ def _cycle_loss(model, data, lpips) -> float:
     return sum(total) / len(total)
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks run fastest on one thread, and a loaded 2-core machine makes 2-thread OpenMP ops ~100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 @pytest.fixture(scope="module")
 def lpips_vgg():
     from eval.lpips_net import load_lpips

@@ -153,3 +153,8 @@ def test_check_input_messages_name_samples_and_fix():
         inst.check_input(b)
     with pytest.raises(InputError, match="cannot run a 'image-guided' task"):
         inst.check_input(TranslationInput(images=torch.rand(1, 3, 64, 64)), "image-guided")
+
+
+def test_tests_run_one_openmp_thread_per_process():
+    # conftest sets OMP_NUM_THREADS=1 before torch loads (tiny models; no oversubscription with subprocess tests)
+    assert torch.get_num_threads() == 1

@@ -47,16 +47,6 @@ def standardize(x: torch.Tensor) -> torch.Tensor:
     return ((f - f.mean(1, keepdim=True)) / f.std(1, keepdim=True)).view_as(x)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny UNet (8 x 8 latents) gains nothing from intra-op threads, and on a shared 2-core machine two threads
-    ran these tests 8x slower (383 s vs 46 s) than one; restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gens(n: int, offset: int = 0) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(100 + offset + i) for i in range(n)]
 
