@@ -245,7 +245,8 @@ def test_official_direction_files_import_and_wrong_widths_are_refused(tiny, tmp_
     torch.save(torch.randn(3, 77, 32), tmp_path / "zebra.pt")
     d = tiny.engine.directions
     out = d.direction("horse", "zebra", str(tmp_path))
-    expected = torch.load(tmp_path / "zebra.pt").mean(0, keepdim=True) - torch.load(tmp_path / "horse.pt").float()
+    zebra, horse = (torch.load(tmp_path / f"{c}.pt", weights_only=True) for c in ("zebra", "horse"))
+    expected = zebra.mean(0, keepdim=True) - horse.float()
     assert out.dtype == torch.float32 and torch.allclose(out, expected)
     torch.save(torch.randn(1, 77, 768), tmp_path / "cat.pt")
     with pytest.raises(InputError, match="768"):

@@ -83,7 +83,7 @@ class _TurboBase(Translator):
 
     @classmethod
     def _validate(cls, config: dict[str, Any]) -> None:
-        pass
+        """Subclasses check their option values (the base has none to check)."""
 
     @property
     def trained(self) -> bool:
