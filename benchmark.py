@@ -222,7 +222,7 @@ def save_png(image: Any, path: Path) -> str:
     return sha256_file(path)
 
 
-def _sample_tensors(sample: Any, kind: str) -> dict[str, Any]:
+def _sample_tensors(sample: Any) -> dict[str, Any]:
     """A Sample's images as 1 x C x H x W float tensors (the TranslationInput fields)."""
     from datasets import to_tensor
 
@@ -236,7 +236,7 @@ def _sample_tensors(sample: Any, kind: str) -> dict[str, Any]:
 def input_hash(sample: Any, kind: str, direction: str) -> str:
     from eval.store import hash_array, hash_obj
 
-    tensors = _sample_tensors(sample, kind)
+    tensors = _sample_tensors(sample)
     return hash_obj(kind, direction, sample.src_prompt, sample.tgt_prompt,
                     {k: hash_array(v) if v is not None else None for k, v in tensors.items()})
 
@@ -280,7 +280,7 @@ def _translate_batch(model: Any, batch: list[WorkItem], cfg: RunConfig, directio
     from eval.timing import measure
     from methods import TranslationInput
 
-    tensors = [_sample_tensors(it.sample, it.kind) for it in batch]
+    tensors = [_sample_tensors(it.sample) for it in batch]
 
     def cat(name: str) -> Any:
         vals = [t[name] for t in tensors]

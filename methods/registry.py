@@ -39,10 +39,9 @@ def register(cls: type[Translator]) -> type[Translator]:
         raise TypeError(f"{cls.__qualname__} must define `card: ClassVar[MethodCard]`")
     name = card.name
     target = f"{cls.__module__}:{cls.__qualname__}"
+    # every registered name is in _BUILTIN, so this also catches a second class under a taken name
     if name in _BUILTIN and _BUILTIN[name] != target:
         raise ValueError(f"method name {name!r} is taken by {_BUILTIN[name]}; pick another name for {target}")
-    if name in _LOADED and _LOADED[name] is not cls and f"{_LOADED[name].__module__}" != cls.__module__:
-        raise ValueError(f"method name {name!r} registered twice ({_LOADED[name].__module__} and {cls.__module__})")
     _LOADED[name] = cls
     _BUILTIN.setdefault(name, target)
     return cls
