@@ -453,6 +453,7 @@ def _start_manifest(cfg: RunConfig, tasks: dict[str, tuple[Any, list[Any]]], pla
             "weights_id": weights_identity(p.source),
             "weights_label": "random" if p.source.startswith("tiny:") else "n/a" if p.source == "none" else "real",
             "config": config, "config_hash": config_hash(config),
+            **({"optimises": list(card.optimises)} if card.optimises else {}),
         }
     atomic_write_json(cfg.out / "manifest.json", manifest)
     return manifest

@@ -23,19 +23,21 @@ from .sample import Sample, Task
 from .suite import DEFAULT_RESOLUTION, SUITE_VERSION, ensure_suite
 
 KINDS = ("unpaired", "paired", "text-edit", "image-guided", "mask-to-image", "sketch-to-image")
-METRICS = ("fid", "kid", "dino_struct", "clip_score", "clip_directional", "clip_accuracy", "lpips", "psnr", "ssim")
+METRICS = ("fid", "kid", "dino_struct", "dino_struct_v2", "clip_score", "clip_directional", "clip_accuracy", "lpips",
+           "psnr", "ssim")
 
 #: Which metrics apply to each kind (what the papers of that kind report and the data supports).
 DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
     # CycleGAN-Turbo: FID (vs target domain) + DINO structure (vs input); CLIP score vs the target prompt;
     # pix2pix-zero's CLIP accuracy (the fixed domain prompts are its source/target texts) and LPIPS to the input.
-    "unpaired": ("fid", "kid", "dino_struct", "clip_score", "clip_accuracy", "lpips"),
+    # dino_struct_v2: the held-out structure encoder, shown next to dino_struct (DiffuseIT optimises DINO ViT-B/8).
+    "unpaired": ("fid", "kid", "dino_struct", "dino_struct_v2", "clip_score", "clip_accuracy", "lpips"),
     # pix2pix-Turbo: FID vs the test targets, plus per-pair fidelity to the ground truth.
     "paired": ("fid", "kid", "lpips", "psnr", "ssim", "clip_score"),
     # pix2pix-zero: CLIP accuracy + structure distance; also CLIP score/directional and LPIPS to the input.
-    "text-edit": ("clip_accuracy", "clip_score", "clip_directional", "dino_struct", "lpips"),
+    "text-edit": ("clip_accuracy", "clip_score", "clip_directional", "dino_struct", "dino_struct_v2", "lpips"),
     # DiffuseIT image-guided: structure kept from the content (DINO), change measured by LPIPS.
-    "image-guided": ("dino_struct", "lpips"),
+    "image-guided": ("dino_struct", "dino_struct_v2", "lpips"),
     # PITI: FID vs real photos; ground truth exists (the derived masks/sketches come from the photos).
     "mask-to-image": ("fid", "kid", "lpips", "clip_score"),
     "sketch-to-image": ("fid", "kid", "lpips", "clip_score"),
@@ -334,6 +336,9 @@ def _register_builtins() -> None:
         register_task(_suite_factory(*spec), name=spec[0])
     for spec in _RECIPE_TASKS:
         register_task(_recipe_factory(*spec), name=spec[0])
+    from .piti_data import register_piti_tasks  # COCO-Stuff / ADE20K mask tasks (PITI)
+
+    register_piti_tasks()
 
 
 _register_builtins()

@@ -353,7 +353,7 @@ def status(preset: str = "paper", clip_models: tuple[str, ...] | None = None) ->
     already loaded in this process are added as rows with loaded=True (their own provenance record).
     """
     from eval.clip import DEFAULT_METRIC_CLIP, resolve_clip
-    from eval.dino import resolve_dino
+    from eval.dino import DINO_MODELS, resolve_dino
     from eval.inception import resolve_inception
     from eval.lpips_net import resolve_lpips
 
@@ -367,7 +367,8 @@ def status(preset: str = "paper", clip_models: tuple[str, ...] | None = None) ->
     add("inception", "inception-v3-tf-2015-12-05", resolve_inception(preset))
     for net in ("alex", "vgg"):
         add("lpips", net, resolve_lpips(net, preset))
-    add("dino", "vit_base_patch8_224.dino", resolve_dino(preset))
+    for key, m in DINO_MODELS.items():
+        add("dino", m.pretrained, resolve_dino(preset, model=key))
     for model_id in clip_models or (DEFAULT_METRIC_CLIP,):
         add("clip", model_id, resolve_clip(model_id, preset))
     for info in loaded_encoders():

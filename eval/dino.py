@@ -42,6 +42,37 @@ DINO_ARCH = "vit_base_patch8_224"
 STRUCT_BLOCK = 11  # the last block of ViT-B, as in Splice / img2img-turbo / DiffuseIT
 TINY_KWARGS = {"embed_dim": 48, "depth": 12, "num_heads": 3, "mlp_ratio": 2.0}  # 12 blocks: block 11 exists
 RANDOM_SEED = 0
+
+
+@dataclass(frozen=True)
+class DinoModel:
+    """A self-supervised ViT the extractor can read: timm name with its pretrained tag, architecture, tiny size."""
+
+    key: str
+    pretrained: str  # timm "<arch>.<tag>" of the real weights
+    arch: str
+    tiny_kwargs: dict
+    label: str
+    tiny_seed: int = RANDOM_SEED
+
+
+DINO_MODELS: dict[str, DinoModel] = {
+    # The structure encoder of Splice, img2img-turbo's DINO-Struct and DiffuseIT's losses.
+    "dino-vitb8": DinoModel("dino-vitb8", DINO_PAPER_MODEL, DINO_ARCH, TINY_KWARGS, "DINO ViT-B/8"),
+    # Held out: another self-supervised training (DINOv2, LVD-142M) and patch size, so a method that optimises
+    # DINO ViT-B/8 keys (DiffuseIT) is also measured by an encoder it never saw. Its tiny stand-in differs from the
+    # tiny ViT-B/8 (patch 14, another seed), so the two metrics differ in smoke runs too.
+    "dinov2-vitb14": DinoModel("dinov2-vitb14", "vit_base_patch14_dinov2.lvd142m", "vit_base_patch14_dinov2",
+                               {**TINY_KWARGS, "img_size": 224}, "DINOv2 ViT-B/14", tiny_seed=1),
+}
+DEFAULT_DINO = "dino-vitb8"
+
+
+def get_dino_model(model: str) -> DinoModel:
+    """A known DINO model by key, with the known keys in the error."""
+    if model not in DINO_MODELS:
+        raise ValueError(f"unknown DINO model {model!r}; choose one of {sorted(DINO_MODELS)}")
+    return DINO_MODELS[model]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -167,24 +198,26 @@ class DinoExtractor(nn.Module):
         return ((s_out - s_in) ** 2).mean(dim=(1, 2))
 
 
-def _hub_file() -> Path | None:
-    """The DINO weights file in the local Hugging Face cache (timm's hub layout), if there."""
-    return hub_cached_file(f"timm/{DINO_PAPER_MODEL}", ["model.safetensors", "pytorch_model.bin"])
+def _hub_file(m: DinoModel) -> Path | None:
+    """The weights file of `m` in the local Hugging Face cache (timm's hub layout), if there."""
+    return hub_cached_file(f"timm/{m.pretrained}", ["model.safetensors", "pytorch_model.bin"])
 
 
-def resolve_dino(preset: str = "paper", source: str | Path | None = None) -> tuple[str, str, Path | None]:
-    """Where the DINO weights would come from, without loading: (weights label, source, file or None)."""
+def resolve_dino(preset: str = "paper", source: str | Path | None = None, model: str = DEFAULT_DINO
+                 ) -> tuple[str, str, Path | None]:
+    """Where the weights of DINO `model` would come from, without loading: (weights label, source, file or None)."""
     check_preset(preset)
+    m = get_dino_model(model)
     if preset == "tiny":
-        return "random", f"tiny ViT patch 8 {TINY_KWARGS}, random init seed {RANDOM_SEED}", None
+        return "random", f"tiny {m.arch} {m.tiny_kwargs}, random init seed {m.tiny_seed}", None
     if source is not None:
         return "real", f"local file {source}", Path(source)
-    hit = _hub_file()
+    hit = _hub_file(m)
     if hit is not None:
-        return "real", f"hub timm/{DINO_PAPER_MODEL} (cached)", hit
+        return "real", f"hub timm/{m.pretrained} (cached)", hit
     if not is_offline():
-        return "real", f"hub timm/{DINO_PAPER_MODEL} (download on first use)", None
-    return "random", f"hub timm/{DINO_PAPER_MODEL} not cached and offline; random init seed {RANDOM_SEED}", None
+        return "real", f"hub timm/{m.pretrained} (download on first use)", None
+    return "random", f"hub timm/{m.pretrained} not cached and offline; random init seed {RANDOM_SEED}", None
 
 
 def _create(arch: str, kwargs: dict, pretrained: bool = False) -> nn.Module:
@@ -210,52 +243,55 @@ def _build_from_file(arch: str, kwargs: dict, file: Path) -> nn.Module:
     return model
 
 
-def _tiny_dir() -> Path:
-    """The tiny preset, written once as <dir>/config.json + model.safetensors (the layout a local model uses)."""
-    path = tiny_dir("dino")
+def _tiny_dir(m: DinoModel) -> Path:
+    """The tiny preset of `m`, written once as <dir>/config.json + model.safetensors (the layout a local model
+    uses). The ViT-B/8 stand-in keeps its original folder name "dino" (existing caches stay valid)."""
+    path = tiny_dir("dino" if m.key == DEFAULT_DINO else f"dino-{m.key}")
     if not (path / "model.safetensors").exists():
-        model = seeded_init(RANDOM_SEED, lambda: _create(DINO_ARCH, TINY_KWARGS))
-        atomic_write_json(path / "config.json", {"architecture": DINO_ARCH, "model_kwargs": TINY_KWARGS,
-                                                 "weights": "random", "seed": RANDOM_SEED})
+        model = seeded_init(m.tiny_seed, lambda: _create(m.arch, m.tiny_kwargs))
+        atomic_write_json(path / "config.json", {"architecture": m.arch, "model_kwargs": m.tiny_kwargs,
+                                                 "weights": "random", "seed": m.tiny_seed})
         with atomic_path(path / "model.safetensors") as tmp:
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     return path
 
 
 def load_dino(preset: str = "paper", device: str = "cpu", *, source: str | Path | None = None,
-              strict: bool = False) -> DinoExtractor:
-    """A `DinoExtractor`, loaded once per (preset, device, source).
+              strict: bool = False, model: str = DEFAULT_DINO) -> DinoExtractor:
+    """A `DinoExtractor` of DINO `model` (a DINO_MODELS key), loaded once per (model, preset, device, source).
 
-    paper: DINO ViT-B/8 from `source` (a .pth/.safetensors file), else the hub (timm/vit_base_patch8_224.dino,
-    cached or downloaded), else the same architecture with random weights (seed 0) labelled "random" (strict=True
-    raises instead). tiny: a 12-block, 48-wide patch-8 ViT, random (seed 0), loaded from its cache dir.
+    paper: the model's real weights from `source` (a .pth/.safetensors file), else the hub (timm/<name>, cached
+    or downloaded), else the same architecture with random weights (seed 0) labelled "random" (strict=True raises
+    instead). tiny: a 12-block, 48-wide ViT of the same patch size, random, loaded from its cache dir.
     """
     check_preset(preset)
-    key = ("dino", preset, str(device), str(source) if source else None, strict)
-    return cached_encoder(key, lambda: _load_dino(preset, device, source, strict))
+    get_dino_model(model)
+    key = ("dino", model, preset, str(device), str(source) if source else None, strict)
+    return cached_encoder(key, lambda: _load_dino(preset, device, source, strict, model))
 
 
-def _load_dino(preset: str, device: str, source: str | Path | None, strict: bool) -> DinoExtractor:
-    weights, origin, file = resolve_dino(preset, source)
-    arch = DINO_PAPER_MODEL
+def _load_dino(preset: str, device: str, source: str | Path | None, strict: bool, model_key: str) -> DinoExtractor:
+    m = get_dino_model(model_key)
+    weights, origin, file = resolve_dino(preset, source, model_key)
+    arch = m.pretrained
     if preset == "tiny":
-        cfg = read_json(_tiny_dir() / "config.json")
-        file = _tiny_dir() / "model.safetensors"
+        cfg = read_json(_tiny_dir(m) / "config.json")
+        file = _tiny_dir(m) / "model.safetensors"
         model = _build_from_file(cfg["architecture"], cfg["model_kwargs"], file)
-        arch = f"{DINO_ARCH}-tiny"
+        arch = f"{m.arch}-tiny"
     elif weights == "real" and file is not None and source is not None:
-        model = _build_from_file(DINO_ARCH, {}, file)
+        model = _build_from_file(m.arch, {}, file)
     elif weights == "real":
         try:
-            model = _create(DINO_PAPER_MODEL, {}, pretrained=True)
-            file = _hub_file() or file
+            model = _create(m.pretrained, {}, pretrained=True)
+            file = _hub_file(m) or file
         except Exception as exc:  # hub/network errors come in many types
-            weights, origin = "random", f"hub timm/{DINO_PAPER_MODEL} failed ({type(exc).__name__}); random init"
+            weights, origin = "random", f"hub timm/{m.pretrained} failed ({type(exc).__name__}); random init"
     if weights == "random" and preset == "paper":
         if strict:
-            raise FileNotFoundError(f"No real DINO ViT-B/8 weights: {origin}. Pass source=<dino_vitbase8_pretrain.pth "
-                                    "or .safetensors>, run online once to fill the hub cache, or use preset='tiny'.")
-        model = seeded_init(RANDOM_SEED, lambda: _create(DINO_ARCH, {}))
+            raise FileNotFoundError(f"No real {m.label} weights: {origin}. Pass source=<weights .pth or "
+                                    ".safetensors>, run online once to fill the hub cache, or use preset='tiny'.")
+        model = seeded_init(RANDOM_SEED, lambda: _create(m.arch, {}))
         file = None
     info = EncoderInfo("dino", arch, preset, weights, origin, str(file) if file else None,
                        "prepared input (see DinoPreprocess; default " + DINO_PREPROCESS["splice"].describe() + ")")

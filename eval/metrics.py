@@ -5,6 +5,8 @@ Definitions (specs/anchors_metrics_style.md §1.3-1.6, §2; pix2pix-zero §B.8):
                     `compute_fid` / `compute_kid` (eval.fid) against a reference set; n_gen and n_ref reported.
   dino_struct       Splice: MSE between the cosine self-similarities of DINO ViT-B/8 block-11 keys (CLS included)
                     of the output and of the input; preprocessing variant named ("splice" default).
+  dino_struct_v2    The same on DINOv2 ViT-B/14 block-11 keys: a held-out structure encoder, since DiffuseIT
+                    optimises exactly the DINO ViT-B/8 keys dino_struct reads (report both).
   clip_score        torchmetrics CLIPScore per image: 100 * max(cos(E_I(out), E_T(tgt_prompt)), 0). (torchmetrics
                     clamps the batch mean instead; CLIP cosines are positive in practice, so the means agree.)
   clip_directional  diffusers doc / StyleGAN-NADA: cos(E_I(out) - E_I(in), E_T(tgt) - E_T(src)), L2-normalised
@@ -57,6 +59,7 @@ class MetricSpec:
     per_image: bool
     encoder: str | None  # "inception" | "dino" | "clip" | "lpips" | None
     description: str
+    reads: str = ""  # the learned features it compares, e.g. "dino-vitb8/block11/keys" (see MethodCard.optimises)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -310,19 +313,21 @@ class DinoStruct(PerImageMetric):
         "dino_struct", "lower", (0.0, 4.0), frozenset({"unpaired", "text-edit", "image-guided"}), ("input",), "1",
         "splice: [0,1] -> Resize(224, max_size=480) -> ImageNet normalise; DINO ViT-B/8 block 11 keys",
         True, "dino", "Splice structure distance: MSE of DINO key self-similarities, output vs input",
+        "dino-vitb8/block11/keys",
     )
-    defaults: ClassVar[dict[str, Any]] = {"block": 11, "variant": "splice"}
+    defaults: ClassVar[dict[str, Any]] = {"block": 11, "variant": "splice", "model": "dino-vitb8"}
 
     def _validate_options(self) -> None:
-        from eval.dino import get_preprocess
+        from eval.dino import get_dino_model, get_preprocess
 
         get_preprocess(self.options["variant"])
+        get_dino_model(self.options["model"])
 
     def encoder(self) -> Any:
         """The (cached) encoder this metric runs on."""
         from eval.dino import load_dino
 
-        return load_dino(self.preset, self.device)
+        return load_dino(self.preset, self.device, model=self.options["model"])
 
     def encoder_info(self) -> Any:
         return self.encoder().info
@@ -337,6 +342,19 @@ class DinoStruct(PerImageMetric):
     def compute(self, images: torch.Tensor, *, input: torch.Tensor) -> torch.Tensor:
         return self.encoder().structure_distance(images, input, block=self.options["block"],
                                                  variant=self.options["variant"])
+
+
+@register_metric
+class DinoStructV2(DinoStruct):
+    """The structure distance on a held-out encoder (DINOv2 ViT-B/14), for methods that optimise DINO ViT-B/8."""
+
+    spec = MetricSpec(
+        "dino_struct_v2", "lower", (0.0, 4.0), frozenset({"unpaired", "text-edit", "image-guided"}), ("input",),
+        "1", "splice: [0,1] -> Resize(224, max_size=480) -> ImageNet normalise; DINOv2 ViT-B/14 block 11 keys",
+        True, "dino", "Held-out structure distance: as dino_struct, on DINOv2 ViT-B/14 keys (no method optimises "
+        "them)", "dinov2-vitb14/block11/keys",
+    )
+    defaults: ClassVar[dict[str, Any]] = {"block": 11, "variant": "splice", "model": "dinov2-vitb14"}
 
 
 class _ClipMetric(PerImageMetric):
@@ -381,6 +399,7 @@ class ClipScore(_ClipMetric):
         frozenset({"unpaired", "paired", "text-edit", "mask-to-image", "sketch-to-image"}), ("tgt_prompt",), "1",
         "CLIP resize short side + centre crop + CLIP normalise; open_clip tokenizer", True, "clip",
         "torchmetrics CLIPScore: 100 * max(cos(image, target prompt), 0); scale 0-100, model id reported",
+        "clip:ViT-L-14/openai",
     )
 
     def compute(self, images: torch.Tensor, *, tgt_prompt: list[str]) -> torch.Tensor:
@@ -398,6 +417,7 @@ class ClipDirectional(_ClipMetric):
         ("input", "src_prompt", "tgt_prompt"), "1",
         "CLIP resize short side + centre crop + CLIP normalise; open_clip tokenizer", True, "clip",
         "CLIP directional similarity: cos(E_I(out) - E_I(in), E_T(tgt) - E_T(src)), normalised embeddings",
+        "clip:ViT-L-14/openai",
     )
 
     def compute(self, images: torch.Tensor, *, input: torch.Tensor, src_prompt: list[str],
@@ -418,6 +438,7 @@ class ClipAccuracy(_ClipMetric):
         "clip_accuracy", "higher", (0.0, 1.0), frozenset({"unpaired", "text-edit"}), ("src_prompt", "tgt_prompt"),
         "1", "CLIP resize short side + centre crop + CLIP normalise; open_clip tokenizer", True, "clip",
         "pix2pix-zero CLIP accuracy: 1 if the output is closer (cosine) to the target than to the source prompt",
+        "clip:ViT-L-14/openai",
     )
 
     def compute(self, images: torch.Tensor, *, src_prompt: list[str], tgt_prompt: list[str]) -> torch.Tensor:

@@ -52,6 +52,10 @@ class MethodCard:
     license: str
     size_multiple: int = 1  # inputs' H and W must be multiples of this (8 for latent-diffusion methods)
     min_size: int = 1  # smallest H or W the method takes
+    #: Learned features the method's losses optimise at translation or training time, in the ids metrics declare
+    #: in MetricSpec.reads (e.g. "dino-vitb8/block11/keys", "clip:ViT-B-32/openai"). A metric reading one of them
+    #: favours the method; the report says so and points to the held-out metric.
+    optimises: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.strip().lower() or " " in self.name:

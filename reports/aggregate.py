@@ -64,6 +64,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "fid": ("fid", "clean_fid", "fid_clean"),
     "kid": ("kid", "clean_kid", "kid_clean"),
     "dino_struct": ("dino_struct", "dinostruct", "dino_structure", "structure_distance", "struct_dist"),
+    "dino_struct_v2": ("dino_struct_v2", "dinov2_struct"),
     "clip_score": ("clip_score", "clip", "clipscore", "clip_sim", "clip_similarity"),
     "clip_dir": ("clip_dir", "clip_directional", "clip_direction", "clip_dir_sim", "directional_clip"),
     "clip_acc": ("clip_acc", "clip_accuracy", "clipacc"),
@@ -75,7 +76,8 @@ _CANON = {alias: name for name, aliases in _ALIASES.items() for alias in aliases
 
 # Fallback directions when metric_info.json does not declare one.
 _DEFAULT_DIRECTION = {
-    "fid": "lower", "kid": "lower", "dino_struct": "lower", "lpips": "lower", "clip_score": "higher",
+    "fid": "lower", "kid": "lower", "dino_struct": "lower", "dino_struct_v2": "lower", "lpips": "lower",
+    "clip_score": "higher",
     "clip_dir": "higher", "clip_acc": "higher", "psnr": "higher", "ssim": "higher", SPEED: "lower",
     MEMORY: "lower",
 }

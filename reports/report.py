@@ -216,6 +216,29 @@ def _metric_rows(run: Run) -> tuple[list[str], list[list[str]]]:
     return ["metric", *cols, *extra], rows
 
 
+def _circularity_rows(run: Run) -> list[list[str]]:
+    """(method, metric, shared features, held-out metrics of the run) wherever a metric reads features the method
+    optimises (manifest `optimises` vs metric_info `reads`)."""
+    rows = []
+    for method in run.methods:
+        optimised = set(run.method_info(method).get("optimises") or [])
+        if not optimised:
+            continue
+        for metric, info in sorted(run.metric_info.items()):
+            if info.get("reads") not in optimised:
+                continue
+            held = sorted(m for m, i in run.metric_info.items() if i.get("encoder") == info.get("encoder")
+                          and i.get("reads") and i.get("reads") not in optimised)
+            rows.append([method, metric, str(info["reads"]), ", ".join(held) or "none in this run"])
+    return rows
+
+
+CIRCULARITY_NOTE = ("These methods optimise the very features these metrics read (e.g. DiffuseIT's structure losses "
+                    "are built on DINO ViT-B/8 last-block keys, the features of DINO-Struct; its CLIP loss uses "
+                    "ViT-B/32 and B/16 among others), so those columns favour them. Compare the held-out columns "
+                    "(other encoders; the CLIP metrics use ViT-L/14, which no method here optimises).")
+
+
 def _figure_sections(data: ReportData) -> list[tuple[str, str, Path]]:
     """(section, caption, png) for each figure, in report order."""
     out = []
@@ -266,6 +289,10 @@ def render_markdown(data: ReportData) -> str:
     if data.perf_table is not None:
         out += [to_markdown(data.perf_table, heading="###"), ""]
     out += ["Tables as CSV (raw numbers), Markdown and LaTeX (booktabs) are in `tables/`.", ""]
+    circ = _circularity_rows(run)
+    if circ:
+        out += ["### Metric circularity", "", CIRCULARITY_NOTE, "",
+                _md_table(["method", "metric", "optimised features", "held-out metrics"], circ), ""]
 
     sections = _figure_sections(data)
     if sections:
@@ -371,6 +398,10 @@ def render_html(data: ReportData) -> str:
     for t in [*data.tables, *([data.perf_table] if data.perf_table is not None else [])]:
         out += [f"<h3>{e(t.title)}</h3>", to_html(t)]
     out.append("<p>Tables as CSV (raw numbers), Markdown and LaTeX (booktabs) are in <code>tables/</code>.</p>")
+    circ = _circularity_rows(run)
+    if circ:
+        out += ["<h3>Metric circularity</h3>", f"<p>{e(CIRCULARITY_NOTE)}</p>",
+                _html_table(["method", "metric", "optimised features", "held-out metrics"], circ)]
 
     sections = _figure_sections(data)
     if sections:

@@ -52,11 +52,12 @@ ARROWS = {"lower": "↓", "higher": "↑"}
 
 # The main-table columns per task kind, in paper order; metrics found in the run but not listed follow them.
 KIND_METRICS: dict[str, tuple[str, ...]] = {
-    "unpaired": ("fid", "kid", "dino_struct", "clip_score", "clip_dir", "lpips"),
+    "unpaired": ("fid", "kid", "dino_struct", "dino_struct_v2", "clip_score", "clip_dir", "lpips"),
     "paired": ("lpips", "psnr", "ssim", "dino_struct", "clip_score", "fid", "kid"),
-    "text-edit": ("clip_acc", "clip_dir", "dino_struct", "lpips", "clip_score"),
+    "text-edit": ("clip_acc", "clip_dir", "dino_struct", "dino_struct_v2", "lpips", "clip_score"),
 }
-_GENERIC_ORDER = ("fid", "kid", "dino_struct", "clip_score", "clip_dir", "clip_acc", "lpips", "psnr", "ssim")
+_GENERIC_ORDER = ("fid", "kid", "dino_struct", "dino_struct_v2", "clip_score", "clip_dir", "clip_acc", "lpips", "psnr",
+                  "ssim")
 KIND_TITLES = {
     "unpaired": "Unpaired translation",
     "paired": "Paired translation",
@@ -67,7 +68,8 @@ KIND_TITLES = {
     "other": "Other tasks",
 }
 _LABELS = {
-    "fid": "FID", "kid": "KID", "dino_struct": "DINO-Struct", "clip_score": "CLIP", "clip_dir": "CLIP-dir",
+    "fid": "FID", "kid": "KID", "dino_struct": "DINO-Struct", "dino_struct_v2": "DINOv2-Struct", "clip_score": "CLIP",
+    "clip_dir": "CLIP-dir",
     "clip_acc": "CLIP-acc", "lpips": "LPIPS", "psnr": "PSNR", "ssim": "SSIM", SPEED: "s/img", MEMORY: "Mem",
 }
 

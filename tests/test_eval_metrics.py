@@ -254,3 +254,20 @@ def test_tiny_presets_are_cached_files_loaded_through_the_real_path():
         assert enc.info.file and Path(enc.info.file).is_file()
     assert load_dino("tiny") is load_dino("tiny")  # loaded once per (encoder, preset, device)
     assert np.isfinite(load_dino("tiny").keys(load_dino("tiny").prepare(rand_images(1, 32, 32))).detach()).all()
+
+
+def test_held_out_dino_struct_reads_another_encoder():
+    from eval.metrics import get_metric, metric_specs
+
+    x = rand_images(2, 48, 48)
+    y = rand_images(2, 48, 48, seed=1)
+    a = get_metric("dino_struct", preset="tiny")
+    b = get_metric("dino_struct_v2", preset="tiny")
+    assert metric_specs()["dino_struct"].reads == "dino-vitb8/block11/keys"
+    assert metric_specs()["dino_struct_v2"].reads == "dinov2-vitb14/block11/keys"
+    assert b.encoder().info.arch != a.encoder().info.arch and b.encoder().patch_size == 14
+    assert torch.allclose(b(x, inputs=x), torch.zeros(2), atol=1e-6)
+    vb, va = b(x, inputs=y), a(x, inputs=y)
+    assert (vb > 0).all() and not torch.allclose(va, vb)
+    with pytest.raises(ValueError, match="unknown DINO model"):
+        get_metric("dino_struct", preset="tiny", model="dino-vitz")

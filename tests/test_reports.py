@@ -326,3 +326,26 @@ def test_tiny_values_keep_significant_digits() -> None:
     from reports.tables import _cell_decimals
 
     assert _cell_decimals(0.000055, 3) == 6 and _cell_decimals(0.9, 3) == 3 and _cell_decimals(0.0, 3) == 3
+
+
+def test_circularity_note_names_the_optimised_features_and_the_held_out_metric(tmp_path: Path) -> None:
+    run = make_run(tmp_path, perf=False)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["methods"]["sdedit"]["optimises"] = ["dino-vitb8/block11/keys", "clip:ViT-B-32/openai"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    info = json.loads((run / "metrics" / "metric_info.json").read_text())
+    info["dino_struct"].update(encoder="dino", reads="dino-vitb8/block11/keys")
+    info["dino_struct_v2"] = {**info["dino_struct"], "reads": "dinov2-vitb14/block11/keys"}
+    info["clip_score"].update(encoder="clip", reads="clip:ViT-L-14/openai")
+    (run / "metrics" / "metric_info.json").write_text(json.dumps(info))
+    md, html_path = reports.write_report(run, n_boot=50, figures=False)
+    text = md.read_text()
+    assert "### Metric circularity" in text
+    section = text.split("### Metric circularity")[1].split("##")[0]
+    rows = [r for r in section.splitlines() if r.startswith("| sdedit")]
+    # only the metric that reads an optimised feature is flagged, with its held-out counterpart
+    assert len(rows) == 1 and "dino\\_struct " in rows[0] and "dino\\_struct\\_v2" in rows[0], rows
+    assert "Metric circularity" in html_path.read_text()
+    # a run without `optimises` has no such section
+    md2, _ = reports.write_report(make_run(tmp_path / "plain", perf=False), n_boot=50, figures=False)
+    assert "Metric circularity" not in md2.read_text()
