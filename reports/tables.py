@@ -55,6 +55,8 @@ KIND_METRICS: dict[str, tuple[str, ...]] = {
     "unpaired": ("fid", "kid", "dino_struct", "dino_struct_v2", "clip_score", "clip_dir", "lpips"),
     "paired": ("lpips", "psnr", "ssim", "dino_struct", "clip_score", "fid", "kid"),
     "text-edit": ("clip_acc", "clip_dir", "dino_struct", "dino_struct_v2", "lpips", "clip_score"),
+    "mask-to-image": ("fid", "kid", "lpips", "ssim", "clip_score"),
+    "sketch-to-image": ("fid", "kid", "lpips", "ssim", "clip_score"),
 }
 _GENERIC_ORDER = ("fid", "kid", "dino_struct", "dino_struct_v2", "clip_score", "clip_dir", "clip_acc", "lpips", "psnr",
                   "ssim")
