@@ -838,9 +838,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    from datasets.piti_data import PITI_DATASETS, download_piti
     from datasets.recipes import download
 
-    path = download(args.name, Path(args.dest) if args.dest else None)
+    dest = Path(args.dest) if args.dest else None
+    # PITI's datasets (COCO-Stuff, ADE20K) come as several archives with their own layout check
+    path = download_piti(args.name, dest) if args.name in PITI_DATASETS else download(args.name, dest)
     print(f"dataset {args.name}: {path}")
     return 0
 

@@ -190,7 +190,8 @@ def sketch_from_photo(img: Image.Image) -> Image.Image:
 def label_colormap(n: int) -> np.ndarray:
     """The bit-shift label colour map of PASCAL VOC / pix2pixHD / SPADE (`labelcolormap`): n x 3 uint8.
 
-    PITI's COCO-Stuff masks are colourised with this map; entry 0 is black.
+    Entry 0 is black. PITI's COCO-Stuff masks use this map shifted by one (class i gets entry i + 1; see
+    datasets.piti_data.piti_label_colormap).
     """
     cmap = np.zeros((n, 3), dtype=np.uint8)
     for i in range(n):

@@ -19,6 +19,7 @@ _BUILTIN: dict[str, str] = {
     "identity": "methods.identity:Identity",
     "pix2pix-turbo": "methods.img2img_turbo:Pix2PixTurbo",
     "pix2pix-zero": "methods.pix2pix_zero:Pix2PixZero",
+    "piti": "methods.piti:PITI",
     "sdedit": "methods.sdedit:SDEdit",
 }
 _LOADED: dict[str, type[Translator]] = {}
