@@ -90,6 +90,33 @@ class MethodCard:
             config[key] = value
         return config
 
+    def coerce_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Give every option its default's type (CLI values such as "false" or "10" arrive as strings); a value
+        that does not convert is an InputError naming the option. Options whose default is None stay as given
+        or become strings."""
+        out = dict(config)
+        truthy, falsy = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+        for key, hp in self.defaults.items():
+            v, kind = out[key], type(hp.value)
+            try:
+                if kind is bool and isinstance(v, str):
+                    if v.strip().lower() not in truthy | falsy:
+                        raise ValueError(v)
+                    out[key] = v.strip().lower() in truthy
+                elif kind is bool:
+                    out[key] = bool(v)
+                elif kind is int:
+                    if float(v) != int(float(v)):
+                        raise ValueError(v)
+                    out[key] = int(float(v))
+                elif kind is float:
+                    out[key] = float(v)
+                elif v is not None and kind is not type(None):
+                    out[key] = str(v)
+            except (TypeError, ValueError):
+                raise InputError(f"{self.name}: option {key}={v!r} is not a valid {kind.__name__}") from None
+        return out
+
     def weights_for(self, preset: str) -> str:
         try:
             return self.weights[preset]
@@ -98,6 +125,21 @@ class MethodCard:
                 f"{self.name}: unknown preset {preset!r}; presets: {', '.join(self.weights)} "
                 "(or pass a local directory / hub id as --weights)"
             ) from None
+
+
+def per_sample_generators(generator: Any, b: int) -> list[Any]:
+    """One torch.Generator per sample. A list is used as given (the runner passes one per sample, seeded from
+    (run seed, sample id)); a single generator (or None: torch's global RNG) seeds one generator per sample, so a
+    batch is still reproducible from one seed."""
+    import torch
+
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != b:
+            raise InputError(f"got {len(generator)} generators for a batch of {b}")
+        return list(generator)
+    gdev = generator.device if generator is not None else torch.device("cpu")
+    seeds = torch.randint(0, 2**62, (b,), generator=generator, device=gdev)
+    return [torch.Generator(device=gdev).manual_seed(int(s)) for s in seeds.tolist()]
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

@@ -166,19 +166,16 @@ def tiny_dir(name: str) -> Path:
     return cache_dir() / "tiny" / f"{name}-v{TINY_VERSION}"
 
 
-@cache
-def build_tiny(name: str) -> Path:
-    """The directory of tiny preset `name`, built on first use (atomic: concurrent builders are safe)."""
-    if name not in BUILDERS:
-        raise KeyError(f"unknown tiny preset {name!r}; known: {', '.join(sorted(BUILDERS))}")
-    dest = tiny_dir(name)
+def build_once(dest: Path, builder: Callable[[Path], None], label: str) -> Path:
+    """Build a preset directory once: into a temporary sibling, marked `.complete`, renamed into place (atomic:
+    concurrent builders are safe; an interrupted build leaves nothing that looks complete). Returns `dest`."""
     if (dest / ".complete").exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        BUILDERS[name](tmp)
-        (tmp / ".complete").write_text(f"tiny preset {name} v{TINY_VERSION}, seed {SEED}\n")
+        builder(tmp)
+        (tmp / ".complete").write_text(label + "\n")
         try:
             tmp.rename(dest)
         except OSError:  # another process finished first (or a stale incomplete dir): keep a complete one
@@ -188,3 +185,11 @@ def build_tiny(name: str) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+@cache
+def build_tiny(name: str) -> Path:
+    """The directory of tiny preset `name`, built on first use (atomic: concurrent builders are safe)."""
+    if name not in BUILDERS:
+        raise KeyError(f"unknown tiny preset {name!r}; known: {', '.join(sorted(BUILDERS))}")
+    return build_once(tiny_dir(name), BUILDERS[name], f"tiny preset {name} v{TINY_VERSION}, seed {SEED}")

@@ -26,7 +26,16 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..base import HParam, InputError, MethodCard, TranslationInput, TranslationOutput, Translator, WeightsNotFoundError
+from ..base import (
+    HParam,
+    InputError,
+    MethodCard,
+    TranslationInput,
+    TranslationOutput,
+    Translator,
+    WeightsNotFoundError,
+    per_sample_generators,
+)
 from ..registry import register
 
 _SRC = "PITI-Synthesis/PITI"
@@ -80,7 +89,7 @@ class PITI(Translator):
     @classmethod
     def resolve_config(cls, preset: str = "paper", overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         base: dict[str, Any] = dict(TINY_DEFAULTS) if preset == "tiny" else {}
-        config = _normalize(cls.card.resolve_config({**base, **dict(overrides or {})}), cls.card)
+        config = cls.card.coerce_config(cls.card.resolve_config({**base, **dict(overrides or {})}))
         _validate(config)
         return config
 
@@ -146,7 +155,7 @@ class PITI(Translator):
             raise InputError(f"piti: a condition has 1 (sketch), 3 (mask / RGB sketch) or 6 (depth+normal) "
                              f"channels, got {cond.shape[1]}")
         b = len(batch)
-        gens = _per_sample_generators(generator, b)
+        gens = per_sample_generators(generator, b)
         kinds = self.kinds_for(cond)
         h, w = cond.shape[-2:]
         images: list[Any] = [None] * b
@@ -236,27 +245,6 @@ def load_models(src: str, *, kinds: Sequence[str] | None = None, device: Any = "
     return models, wid
 
 
-def _normalize(cfg: dict[str, Any], card: MethodCard) -> dict[str, Any]:
-    """Give every option its default's type (CLI values arrive as strings)."""
-    out = dict(cfg)
-    for key, hp in card.defaults.items():
-        v, kind = out[key], type(hp.value)
-        try:
-            if kind is bool and isinstance(v, str):
-                if v.strip().lower() not in {"true", "1", "yes", "on", "false", "0", "no", "off"}:
-                    raise ValueError(v)
-                out[key] = v.strip().lower() in {"true", "1", "yes", "on"}
-            elif kind is bool:
-                out[key] = bool(v)
-            elif kind is float:
-                out[key] = float(v)
-            else:
-                out[key] = str(v)
-        except (TypeError, ValueError):
-            raise InputError(f"piti: option {key}={v!r} is not a valid {kind.__name__}") from None
-    return out
-
-
 def _validate(cfg: Mapping[str, Any]) -> None:
     if cfg["mode"] not in MODES:
         raise InputError(f"piti: mode must be one of {MODES}, got {cfg['mode']!r}")
@@ -293,20 +281,6 @@ def _check_respacing(key: str, value: str) -> None:
         raise InputError(f"piti: {key}={value!r} gives no steps")
     raise InputError(f"piti: {key}={value!r} is not a respacing: use a step count ('250'), section counts "
                      "('10,10,3,2,2'), 'ddimN' or 'fast27'")
-
-
-def _per_sample_generators(generator: Any, b: int) -> list[Any]:
-    """One generator per sample: a list is used as given; a single generator (or None: torch's global RNG) seeds
-    one generator per sample, so a batch is still reproducible from one seed."""
-    import torch
-
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != b:
-            raise InputError(f"got {len(generator)} generators for a batch of {b}")
-        return list(generator)
-    gdev = generator.device if generator is not None else torch.device("cpu")
-    seeds = torch.randint(0, 2**62, (b,), generator=generator, device=gdev)
-    return [torch.Generator(device=gdev).manual_seed(int(s)) for s in seeds.tolist()]
 
 
 __all__ = ["MODES", "PAPER_HUB", "PITI", "TINY_DEFAULTS", "load_models"]

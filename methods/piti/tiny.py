@@ -9,8 +9,6 @@ Bump TINY_VERSION whenever the builder or the presets change (it is part of ever
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from functools import cache
 from pathlib import Path
 
@@ -40,23 +38,9 @@ def _build(dest: Path) -> None:
 @cache
 def build_tiny() -> Path:
     """The tiny preset's directory, built on first use."""
-    dest = tiny_dir()
-    if (dest / ".complete").exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_NAME}-", dir=dest.parent))
-    try:
-        _build(tmp)
-        (tmp / ".complete").write_text(f"tiny preset {TINY_NAME} v{TINY_VERSION}, seed {SEED}\n")
-        try:
-            tmp.rename(dest)
-        except OSError:  # another process finished first (or a stale incomplete dir): keep a complete one
-            if not (dest / ".complete").exists():
-                shutil.rmtree(dest, ignore_errors=True)
-                tmp.rename(dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    from ..common.tiny import build_once
+
+    return build_once(tiny_dir(), _build, f"tiny preset {TINY_NAME} v{TINY_VERSION}, seed {SEED}")
 
 
 __all__ = ["SEED", "TINY_KINDS", "TINY_NAME", "TINY_VERSION", "build_tiny", "tiny_dir"]

@@ -18,7 +18,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from ..base import HParam, InputError, MethodCard, TranslationInput, TranslationOutput, Translator
+from ..base import (
+    HParam,
+    InputError,
+    MethodCard,
+    TranslationInput,
+    TranslationOutput,
+    Translator,
+    per_sample_generators,
+)
 from ..registry import register
 
 _SRC = "pix2pixzero/pix2pix-zero"
@@ -82,7 +90,7 @@ class Pix2PixZero(Translator):
         base: dict[str, Any] = dict(TINY_DEFAULTS) if preset == "tiny" else {}
         if overrides.get("mode") == "synthetic" and overrides.get("xa_guidance") is None:
             base["xa_guidance"] = SYNTHETIC_XA_GUIDANCE
-        config = _normalize(cls.card.resolve_config({**base, **overrides}), cls.card)
+        config = cls.card.coerce_config(cls.card.resolve_config({**base, **overrides}))
         _validate(config)
         return config
 
@@ -119,7 +127,7 @@ class Pix2PixZero(Translator):
         cfg = self.config
         e = self.engine
         b = len(batch)
-        gens = _per_sample_generators(generator, b, e.device)
+        gens = per_sample_generators(generator, b)
         t0 = time.perf_counter()
         with torch.inference_mode(False):
             captions = e.captions(batch, cfg)
@@ -156,31 +164,6 @@ class Pix2PixZero(Translator):
         return TranslationOutput(images=images.to(torch.float32), extras=extras)
 
 
-def _normalize(cfg: dict[str, Any], card: MethodCard) -> dict[str, Any]:
-    """Give every option its default's type (CLI values such as "false" or "10" arrive as strings)."""
-    out = dict(cfg)
-    for key, hp in card.defaults.items():
-        v, kind = out[key], type(hp.value)
-        try:
-            if kind is bool and isinstance(v, str):
-                if v.strip().lower() not in {"true", "1", "yes", "on", "false", "0", "no", "off"}:
-                    raise ValueError(v)
-                out[key] = v.strip().lower() in {"true", "1", "yes", "on"}
-            elif kind is bool:
-                out[key] = bool(v)
-            elif kind is int:
-                if float(v) != int(float(v)):
-                    raise ValueError(v)
-                out[key] = int(float(v))
-            elif kind is float:
-                out[key] = float(v)
-            elif v is not None:
-                out[key] = str(v)
-        except (TypeError, ValueError):
-            raise InputError(f"pix2pix-zero: option {key}={v!r} is not a valid {kind.__name__}") from None
-    return out
-
-
 def _validate(cfg: Mapping[str, Any]) -> None:
     from ..common.ddim import INVERSION_SCHEDULES
 
@@ -201,15 +184,3 @@ def _validate(cfg: Mapping[str, Any]) -> None:
         raise InputError("pix2pix-zero: xa_guidance and guidance_scale must be >= 0")
 
 
-def _per_sample_generators(generator: Any, b: int, device: Any) -> list[Any]:
-    """One generator per sample. A list is used as given; a single generator (or None: torch's global RNG) seeds
-    one generator per sample, so a batch is still reproducible from one seed."""
-    import torch
-
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != b:
-            raise InputError(f"got {len(generator)} generators for a batch of {b}")
-        return list(generator)
-    seeds = torch.randint(0, 2**62, (b,), generator=generator, device=generator.device if generator else "cpu")
-    gdev = generator.device if generator is not None else torch.device("cpu")
-    return [torch.Generator(device=gdev).manual_seed(int(s)) for s in seeds.tolist()]
