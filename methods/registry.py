@@ -16,6 +16,7 @@ from .base import MethodCard, Translator
 # name -> "module:Class". Keep sorted; one line per method.
 _BUILTIN: dict[str, str] = {
     "cyclegan-turbo": "methods.img2img_turbo:CycleGANTurbo",
+    "diffuseit": "methods.diffuseit:DiffuseIT",
     "identity": "methods.identity:Identity",
     "pix2pix-turbo": "methods.img2img_turbo:Pix2PixTurbo",
     "pix2pix-zero": "methods.pix2pix_zero:Pix2PixZero",

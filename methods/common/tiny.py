@@ -27,7 +27,8 @@ from pathlib import Path
 
 from eval.store import cache_dir
 
-TINY_VERSION = 2  # 2: sd-turbo scheduler config carries clip_sample=false like the real file
+TINY_VERSION = 3  # 2: sd-turbo scheduler config carries clip_sample=false like the real file; 3: adm-uncond
+#                   middle attention has its GroupNorm (attn_norm_num_groups), as ADM
 SEED = 0
 
 # SD-Turbo's scheduler config (HF stabilityai/sd-turbo/scheduler/scheduler_config.json; spec img2img-turbo §A.3).
@@ -150,6 +151,7 @@ def _build_adm(dest: Path) -> None:
         up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D"),
         downsample_type="resnet", upsample_type="resnet", resnet_time_scale_shift="scale_shift",
         attention_head_dim=32, norm_num_groups=32, norm_eps=1e-5, flip_sin_to_cos=True, freq_shift=0,
+        attn_norm_num_groups=32,  # diffusers drops the mid-block attention's GroupNorm under scale_shift; ADM has it
     )
     unet.save_pretrained(dest / "unet", safe_serialization=True)
     DDPMScheduler.from_config(ADM_SCHEDULER).save_pretrained(dest / "scheduler")

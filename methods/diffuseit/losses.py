@@ -1,0 +1,234 @@
+"""DiffuseIT's guidance losses on the shared encoders (eval.dino / eval.clip), spec piti_and_diffuseit.md B.3-B.6.
+
+Every loss here is PER SAMPLE (a B-vector); the sampler sums them, so each sample's gradient is exactly what a
+batch-of-1 run computes (upstream assumes batch 1 and sums/averages over the batch in places).
+
+- DINO ViT-B/8, last block (model_vit/loss_vit.py): key self-similarity MSE (`lambda_ssim`), patch InfoNCE over all
+  tokens with the source keys as positives/negatives (model_vit/contra_loss.py PatchLoss, tau 0.07), the [CLS]
+  token of the last block's output for the semantic divergence (-MSE to the previous step's [CLS]) and the
+  image-guided style loss (MSE to the reference's [CLS]). Inputs [-1,1] -> [0,1] -> Resize(224, max_size=480) ->
+  ImageNet normalisation (`DinoPreprocess("splice")`; upstream resizes tensors without antialiasing, ours
+  antialiases as PIL does: the one shared preprocessing).
+- CLIP (src/vqc_core.py): per model, 8 random views (rotation +-10 deg, resized crop scale (0.8, 1) ratio
+  (0.9, 1.1), horizontal flip) of the noise-mixed x0, each embedding L2-normalised, averaged (not re-normalised),
+  dotted with the target direction normalize(E_T(tgt) - 0.4 E_T(src) + 0.2 E_I(source image)); loss = -mean over
+  models. Text embeddings average the 80 CLIP ImageNet templates (src/template.py = CLIP's list, which open_clip
+  ships as OPENAI_IMAGENET_TEMPLATES). Deliberate difference: the rotation and the crop are one bilinear
+  resampling (one `grid_sample` for all views of a model) instead of torchvision's nearest rotation followed by a
+  bilinear resize; the views' parameters are drawn from the sample's own generator.
+- MKL colour transfer (Pitie & Kokaram 2007, the `color-matcher` package's 'mkl' that DiffuseIT calls): x ->
+  T (x - mu_x) + mu_ref with T = C_x^-1/2 (C_x^1/2 C_ref C_x^1/2)^1/2 C_x^-1/2, so T C_x T = C_ref.
+  Written here (float64 eigen-decompositions): color-matcher is GPL-3.0 and pulls matplotlib.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+#: model_vit/contra_loss.py: the masked diagonal's logit and the temperature.
+CONTRA_DIAGONAL = -10.0
+
+
+class DinoFeatures(nn.Module):
+    """One DINO pass per image batch: last-block keys (B x T x D), their self-similarity (B x T x T) and the [CLS]
+    token of the last block's output (B x D). Input: images in [0, 1]. A module, so `benchmark.py perf` counts it."""
+
+    def __init__(self, extractor: Any, block: int = -1, short_side: int = 224) -> None:
+        super().__init__()
+        from dataclasses import replace
+
+        from eval.dino import get_preprocess
+
+        self.extractor = extractor
+        self.block = block % extractor.num_blocks
+        self.preprocess = replace(get_preprocess("splice"), short_side=short_side)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from eval.dino import self_similarity
+
+        ex = self.extractor
+        x = self.preprocess(images)
+        p = ex.patch_size
+        x = x[..., : x.shape[-2] // p * p, : x.shape[-1] // p * p]
+        blk = ex.model.blocks[self.block]
+        got: dict[str, torch.Tensor] = {}
+        hooks = [blk.attn.qkv.register_forward_hook(lambda _m, _i, o: got.__setitem__("qkv", o)),
+                 blk.register_forward_hook(lambda _m, _i, o: got.__setitem__("out", o))]
+        try:
+            ex.model.forward_intermediates(x, indices=[self.block], stop_early=True, intermediates_only=True)
+        finally:
+            for h in hooks:
+                h.remove()
+        qkv = got["qkv"]
+        b, t, _ = qkv.shape
+        keys = qkv.reshape(b, t, 3, ex.num_heads, ex.embed_dim // ex.num_heads)[:, :, 1].reshape(b, t, ex.embed_dim)
+        return keys, self_similarity(keys), got["out"][:, 0]
+
+
+def ssim_loss(sim: torch.Tensor, sim_src: torch.Tensor) -> torch.Tensor:
+    """Per-sample MSE between key self-similarity matrices (loss_vit.py calculate_global_ssim_loss)."""
+    return (sim - sim_src).square().mean(dim=(1, 2))
+
+
+def patch_nce_loss(keys: torch.Tensor, keys_src: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
+    """Per-sample patch InfoNCE over all tokens (contra_loss.py PatchLoss, averaged over tokens).
+
+    Query i = output token i; positive = source token i; negatives = all source tokens, own position masked
+    with a logit of -10 (before the division by tau). Cosine similarities throughout.
+    """
+    q = F.normalize(keys, dim=-1)
+    k = F.normalize(keys_src.detach(), dim=-1)
+    pos = (q * k).sum(-1, keepdim=True)  # B x T x 1
+    neg = q @ k.transpose(1, 2)  # B x T x T
+    eye = torch.eye(neg.shape[-1], dtype=torch.bool, device=neg.device)
+    neg = neg.masked_fill(eye, CONTRA_DIAGONAL)
+    logits = torch.cat([pos, neg], dim=-1) / tau
+    return (torch.logsumexp(logits, dim=-1) - logits[..., 0]).mean(dim=-1)
+
+
+def cls_mse(cls: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per-sample MSE between [CLS] tokens (style loss; the semantic divergence is its negative)."""
+    return (cls - ref.detach()).square().mean(dim=-1)
+
+
+def range_loss(x: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean squared distance of x to [-1, 1] (optimization/losses.py range_loss)."""
+    return (x - x.clamp(-1, 1)).square().mean(dim=(1, 2, 3))
+
+
+def noise_mix(x_t: torch.Tensor, x0: torch.Tensor, sqrt_one_minus_abar: float) -> torch.Tensor:
+    """image_editor.py noisy_aug: x0 * sqrt(1 - abar_t) + x_t * (1 - sqrt(1 - abar_t)) (respaced abar_t)."""
+    return x0 * sqrt_one_minus_abar + x_t * (1 - sqrt_one_minus_abar)
+
+
+# -- CLIP --------------------------------------------------------------------------------------------------------
+def template_embeddings(text_tower: Any, prompts: Sequence[str]) -> torch.Tensor:
+    """P x E: each prompt in the 80 ImageNet templates, encoded, averaged, L2-normalised (vqc_core.py encode_text);
+    all templates of all prompts in one text-tower call."""
+    templates = imagenet_templates()
+    emb = text_tower([t.format(p) for p in prompts for t in templates])
+    return F.normalize(emb.view(len(prompts), len(templates), -1).mean(1), dim=-1)
+
+
+def imagenet_templates() -> list[str]:
+    """CLIP's 80 ImageNet prompt templates (DiffuseIT src/template.py; open_clip OPENAI_IMAGENET_TEMPLATES)."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+
+
+class ClipViews(nn.Module):
+    """The image tower of one CLIP model on normalised size x size views -> L2-normalised embeddings (N x E).
+
+    A module around `ClipModel.model.encode_image` so that `benchmark.py perf` times each CLIP model's calls."""
+
+    def __init__(self, clip: Any) -> None:
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, views01: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_image(views01, resize="none")
+
+
+def draw_view_params(n: int, generator: torch.Generator, *, max_angle: float = 10.0,
+                     scale: tuple[float, float] = (0.8, 1.0), ratio: tuple[float, float] = (0.9, 1.1)
+                     ) -> torch.Tensor:
+    """n x 6 (angle, crop scale, log aspect ratio, centre x, centre y, flip) uniforms mapped to the torchvision
+    RandomRotation(10) / RandomResizedCrop(scale=(0.8, 1), ratio=(0.9, 1.1)) / RandomHorizontalFlip ranges.
+
+    Crops are placed uniformly where they fit (torchvision's rule); a crop that does not fit is shrunk to fit
+    (torchvision retries 10 times, then centre-crops; with these ranges at most ~10% of draws need it)."""
+    u = torch.rand(n, 6, generator=generator, dtype=torch.float64, device=generator.device).cpu()
+    angle = (2 * u[:, 0] - 1) * max_angle
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 1]
+    logr = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 2]
+    r = torch.exp(logr)
+    w = torch.sqrt(area * r).clamp(max=1.0)  # fractions of the side
+    h = torch.sqrt(area / r).clamp(max=1.0)
+    cx = (1 - w) * (u[:, 3] - 0.5)  # centre offset in [-1, 1] image units / 2
+    cy = (1 - h) * (u[:, 4] - 0.5)
+    flip = (u[:, 5] < 0.5).double()
+    return torch.stack([angle, w, h, cx, cy, flip], dim=1)
+
+
+def augment_views(image01: torch.Tensor, params: torch.Tensor, size: int) -> torch.Tensor:
+    """N views (N x 3 x size x size) of one image (1 x 3 x H x W) for the drawn parameters (one grid_sample)."""
+    p = params.to(device=image01.device, dtype=image01.dtype)
+    n = p.shape[0]
+    ang = p[:, 0] * (math.pi / 180)
+    cos, sin = torch.cos(ang), torch.sin(ang)
+    sx = p[:, 1] * torch.where(p[:, 5] > 0, -1.0, 1.0)  # horizontal flip of the crop
+    sy = p[:, 2]
+    tx, ty = 2 * p[:, 3], 2 * p[:, 4]
+    # output grid (normalised, align_corners=False) -> crop box -> rotated source coordinates
+    theta = torch.stack([
+        torch.stack([cos * sx, -sin * sy, cos * tx - sin * ty], dim=1),
+        torch.stack([sin * sx, cos * sy, sin * tx + cos * ty], dim=1),
+    ], dim=1)  # n x 2 x 3
+    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
+    return F.grid_sample(image01.expand(n, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
+
+
+class ClipDirection:
+    """The text-guided CLIP loss of one translate call: targets encoded once, per-step loss on the views."""
+
+    def __init__(self, towers: Sequence[ClipViews], prompt_embedders: Sequence[Any], src_prompts: Sequence[str],
+                 tgt_prompts: Sequence[str], source01: torch.Tensor, *, lambda_src_text: float,
+                 lambda_src_image: float) -> None:
+        """`prompt_embedders[m](prompts)`: model m's L2-normalised template-averaged embeddings (P x E)."""
+        self.towers = list(towers)
+        self.targets = []  # per model: B x E
+        with torch.no_grad():
+            for tower, embed in zip(self.towers, prompt_embedders):
+                both = embed([*tgt_prompts, *src_prompts])  # one call: every new prompt's templates at once
+                e_t, e_s = both[: len(tgt_prompts)], both[len(tgt_prompts):]
+                e_i = tower.clip.encode_image(source01, resize="shortest")  # CLIP's test transform, normalised
+                self.targets.append(F.normalize(e_t - lambda_src_text * e_s + lambda_src_image * e_i, dim=-1))
+
+    def loss(self, images01: torch.Tensor, params: Sequence[torch.Tensor], index: Sequence[int]) -> torch.Tensor:
+        """Per-sample -mean_models(mean_views(normalised view embeddings) . target). `params[j]`: sample j's view
+        parameters (n_views x 6); `index[j]`: its row in the targets."""
+        total = images01.new_zeros(images01.shape[0])
+        for tower, tgt in zip(self.towers, self.targets):
+            size = tower.clip.image_size
+            views = torch.cat([augment_views(images01[j:j + 1], params[j], size) for j in range(images01.shape[0])])
+            emb = tower(views).view(images01.shape[0], -1, tgt.shape[-1]).mean(1)
+            total = total - (emb * tgt[list(index)]).sum(-1)
+        return total / len(self.towers)
+
+    def plain_loss(self, images01: torch.Tensor, index: Sequence[int]) -> torch.Tensor:
+        """The same loss on the un-augmented image (test transform): upstream's initial `loss_prev`."""
+        total = images01.new_zeros(images01.shape[0])
+        for tower, tgt in zip(self.towers, self.targets):
+            emb = tower.clip.encode_image(images01, resize="shortest")
+            total = total - (emb * tgt[list(index)]).sum(-1)
+        return total / len(self.towers)
+
+
+# -- colour matching ---------------------------------------------------------------------------------------------
+def _sqrtm(c: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    vals, vecs = torch.linalg.eigh(c)
+    vals = vals.clamp(min=0)
+    d = torch.where(vals > 1e-12, vals.rsqrt(), torch.zeros_like(vals)) if inverse else vals.sqrt()
+    return vecs @ torch.diag(d) @ vecs.T
+
+
+def mkl_transfer(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Monge-Kantorovitch linear colour transfer of `image` (3 x H x W) to `reference`'s colour statistics
+    (3 x H' x W'); float64 inside, the input's dtype out, not clipped."""
+    x = image.reshape(3, -1).double()
+    r = reference.reshape(3, -1).double()
+    mu_x, mu_r = x.mean(1, keepdim=True), r.mean(1, keepdim=True)
+    cx = torch.cov(x, correction=0)
+    cr = torch.cov(r, correction=0)
+    a = _sqrtm(cx)
+    a_inv = _sqrtm(cx, inverse=True)
+    t = a_inv @ _sqrtm(a @ cr @ a) @ a_inv
+    return (t @ (x - mu_x) + mu_r).reshape(image.shape).to(image.dtype)
