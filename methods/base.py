@@ -242,6 +242,8 @@ class Translator(ABC):
     config: dict[str, Any]
     #: Where the weights came from (hub id, path, or tiny preset with its version); part of the cache key.
     weights_id: str
+    #: Defaults the tiny preset changes (e.g. fewer sampling steps, so CI runs the same algorithm quickly).
+    tiny_defaults: ClassVar[Mapping[str, Any]] = {}
 
     @classmethod
     @abstractmethod
@@ -267,9 +269,19 @@ class Translator(ABC):
         """The hyper-parameters an instance loaded with `preset` and `overrides` will use, without loading it.
 
         The runner keys its output cache on this; `from_pretrained` must use it too (one implementation).
-        Methods whose defaults depend on the base model (e.g. SD-Turbo vs SD 1.x) override it.
+        Card defaults, then `tiny_defaults` on the tiny preset, then the overrides; values coerced to the defaults'
+        types, then `validate_config`. Methods whose defaults depend on the base model (e.g. SD-Turbo vs SD 1.x)
+        override it.
         """
-        return cls.card.resolve_config(overrides)
+        base = dict(cls.tiny_defaults) if preset == "tiny" else {}
+        config = cls.card.coerce_config(cls.card.resolve_config({**base, **dict(overrides or {})}))
+        cls.validate_config(config)
+        return config
+
+    @classmethod
+    def validate_config(cls, config: Mapping[str, Any]) -> None:
+        """Raise InputError naming the option and the fix for values the method cannot take (methods override)."""
+        return None  # an optional hook: nothing to check by default
 
     def networks(self) -> dict[str, Any]:
         """The neural networks the algorithm must call (name -> nn.Module), for the perf call census and the

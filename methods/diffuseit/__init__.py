@@ -105,12 +105,11 @@ class DiffuseIT(Translator):
         optimises=("dino-vitb8/block11/keys", "dino-vitb8/cls", *(f"clip:{m}" for m in _ENSEMBLE.split(","))),
     )
 
+    tiny_defaults: ClassVar[Mapping[str, Any]] = TINY_DEFAULTS
+
     @classmethod
-    def resolve_config(cls, preset: str = "paper", overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        base = dict(TINY_DEFAULTS) if preset == "tiny" else {}
-        config = cls.card.coerce_config(cls.card.resolve_config({**base, **dict(overrides or {})}))
+    def validate_config(cls, config: Mapping[str, Any]) -> None:
         _validate(config)
-        return config
 
     def __init__(self, engine: Any, config: dict[str, Any], weights_id: str) -> None:
         self.engine = engine

@@ -86,12 +86,11 @@ class PITI(Translator):
         min_size=8,
     )
 
+    tiny_defaults: ClassVar[Mapping[str, Any]] = TINY_DEFAULTS
+
     @classmethod
-    def resolve_config(cls, preset: str = "paper", overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        base: dict[str, Any] = dict(TINY_DEFAULTS) if preset == "tiny" else {}
-        config = cls.card.coerce_config(cls.card.resolve_config({**base, **dict(overrides or {})}))
+    def validate_config(cls, config: Mapping[str, Any]) -> None:
         _validate(config)
-        return config
 
     def __init__(self, models: dict[str, dict[str, Any]], config: dict[str, Any], weights_id: str, device: Any,
                  dtype: Any, source: str = "") -> None:

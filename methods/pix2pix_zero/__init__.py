@@ -84,15 +84,18 @@ class Pix2PixZero(Translator):
         min_size=32,  # latents of side >= 4 give the autocorrelation loss a non-trivial shift range
     )
 
+    tiny_defaults: ClassVar[Mapping[str, Any]] = TINY_DEFAULTS
+
     @classmethod
     def resolve_config(cls, preset: str = "paper", overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         overrides = dict(overrides or {})
-        base: dict[str, Any] = dict(TINY_DEFAULTS) if preset == "tiny" else {}
         if overrides.get("mode") == "synthetic" and overrides.get("xa_guidance") is None:
-            base["xa_guidance"] = SYNTHETIC_XA_GUIDANCE
-        config = cls.card.coerce_config(cls.card.resolve_config({**base, **overrides}))
+            overrides["xa_guidance"] = SYNTHETIC_XA_GUIDANCE
+        return super().resolve_config(preset, overrides)
+
+    @classmethod
+    def validate_config(cls, config: Mapping[str, Any]) -> None:
         _validate(config)
-        return config
 
     def __init__(self, engine: Any, config: dict[str, Any], weights_id: str) -> None:
         self.engine = engine
