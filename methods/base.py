@@ -244,6 +244,15 @@ class Translator(ABC):
     weights_id: str
     #: Defaults the tiny preset changes (e.g. fewer sampling steps, so CI runs the same algorithm quickly).
     tiny_defaults: ClassVar[Mapping[str, Any]] = {}
+    #: What "results do not depend on batch size" means for this method (the contract tests hold each method to it).
+    #: "float": a batch equals its samples run one by one up to the rounding of batched kernels (1e-4 on [0, 1]).
+    #: "float-guided": the same, but gradient guidance multiplies that rounding at every step (pix2pix-zero's
+    #: cross-attention guidance, DiffuseIT's x1000-x3000 DINO/CLIP losses; observed 1-4e-5 on the tiny presets,
+    #: held to 1e-3 on [0, 1]).
+    #: "8bit-handoff": an intermediate result is quantised to 8 bits between two stages as the authors do (PITI's
+    #: base -> upsampler), so that rounding (~1e-6) can cross a level boundary: a few intermediate values move by
+    #: one level, and only the samples they belong to change, by a fraction of an output level.
+    batch_equivalence: ClassVar[str] = "float"
 
     @classmethod
     @abstractmethod

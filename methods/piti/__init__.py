@@ -87,6 +87,8 @@ class PITI(Translator):
     )
 
     tiny_defaults: ClassVar[Mapping[str, Any]] = TINY_DEFAULTS
+    # image_sample.py truncates the base sample to 8 bits before the upsampler reads it (sampling.quantize_8bit)
+    batch_equivalence: ClassVar[str] = "8bit-handoff"
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> None:

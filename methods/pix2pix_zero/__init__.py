@@ -85,6 +85,7 @@ class Pix2PixZero(Translator):
     )
 
     tiny_defaults: ClassVar[Mapping[str, Any]] = TINY_DEFAULTS
+    batch_equivalence: ClassVar[str] = "float-guided"  # cross-attention guidance gradients amplify rounding
 
     @classmethod
     def resolve_config(cls, preset: str = "paper", overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
