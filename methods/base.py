@@ -6,27 +6,21 @@ without pulling in the deep-learning stack. Tensor work happens inside the metho
 
 from __future__ import annotations
 
-import hashlib
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from os import PathLike
 from typing import TYPE_CHECKING, Any, ClassVar
 
+# the project's one exception hierarchy; re-exported here because methods raise these
+from eval.errors import ConfigError, InputError, WeightsNotFoundError, ZooError  # noqa: F401
+from eval.store import config_hash  # noqa: F401  (re-exported: part of the method-facing API)
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 KINDS = frozenset({"unpaired", "paired", "text-edit", "image-guided", "mask-to-image", "sketch-to-image"})
 DIRECTIONS = ("a2b", "b2a")
-
-
-class InputError(ValueError):
-    """A user-fixable problem with the data handed to a method (wrong size, missing prompt, wrong kind...)."""
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """The weights a method needs are not on this machine (offline, wrong path)."""
 
 
 @dataclass(frozen=True)
@@ -140,12 +134,6 @@ def per_sample_generators(generator: Any, b: int) -> list[Any]:
     gdev = generator.device if generator is not None else torch.device("cpu")
     seeds = torch.randint(0, 2**62, (b,), generator=generator, device=gdev)
     return [torch.Generator(device=gdev).manual_seed(int(s)) for s in seeds.tolist()]
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """A stable short hash of a JSON-able configuration (keys sorted)."""
-    blob = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -282,6 +270,14 @@ class Translator(ABC):
     def validate_config(cls, config: Mapping[str, Any]) -> None:
         """Raise InputError naming the option and the fix for values the method cannot take (methods override)."""
         return None  # an optional hook: nothing to check by default
+
+    @classmethod
+    def weights_identity(cls, source: str) -> str:
+        """The `weights_id` that loading `source` will give, without loading or downloading anything (the run
+        keys its output cache on it)."""
+        from .common.loading import weights_identity
+
+        return weights_identity(source)
 
     def networks(self) -> dict[str, Any]:
         """The neural networks the algorithm must call (name -> nn.Module), for the perf call census and the
