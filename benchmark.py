@@ -141,8 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if stray:
         raise ConfigError(f"--set {stray[0]}.…: training {args.method} takes only {args.method}.OPTION=VALUE")
     config = {**overrides.get(args.method, {}), "output_dir": args.out}
-    if hasattr(cls, "resolve_train_config"):
-        cls.resolve_train_config(args.preset, config)  # every option checked before anything loads
+    cls.resolve_train_config(args.preset, config)  # every option checked before anything loads
     device = check_device(args.device)
     dtype = check_dtype(args.dtype, device)
     task = get_task(args.task)

@@ -73,43 +73,11 @@ class MethodCard:
         Overrides whose value is None are dropped (timm's factory rule), so CLI flags that were not given
         do not clobber defaults.
         """
-        config = self.default_config()
-        for key, value in (overrides or {}).items():
-            if value is None:
-                continue
-            if key not in config:
-                raise InputError(
-                    f"{self.name}: unknown option {key!r}; known options: {', '.join(sorted(config)) or '(none)'}"
-                )
-            config[key] = value
-        return config
+        return override_options(self.name, self.defaults, overrides)
 
     def coerce_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        """Give every option its default's type (CLI values such as "false" or "10" arrive as strings); a value
-        that does not convert is an InputError naming the option. Options whose default is None stay as given
-        or become strings."""
-        out = dict(config)
-        truthy, falsy = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
-        for key, hp in self.defaults.items():
-            v, kind = out[key], type(hp.value)
-            try:
-                if kind is bool and isinstance(v, str):
-                    if v.strip().lower() not in truthy | falsy:
-                        raise ValueError(v)
-                    out[key] = v.strip().lower() in truthy
-                elif kind is bool:
-                    out[key] = bool(v)
-                elif kind is int:
-                    if float(v) != int(float(v)):
-                        raise ValueError(v)
-                    out[key] = int(float(v))
-                elif kind is float:
-                    out[key] = float(v)
-                elif v is not None and kind is not type(None):
-                    out[key] = str(v)
-            except (TypeError, ValueError):
-                raise InputError(f"{self.name}: option {key}={v!r} is not a valid {kind.__name__}") from None
-        return out
+        """Give every option its default's type (see `coerce_options`)."""
+        return coerce_options(self.name, self.defaults, config)
 
     def weights_for(self, preset: str) -> str:
         try:
@@ -119,6 +87,62 @@ class MethodCard:
                 f"{self.name}: unknown preset {preset!r}; presets: {', '.join(self.weights)} "
                 "(or pass a local directory / hub id as --weights)"
             ) from None
+
+
+def override_options(owner: str, defaults: Mapping[str, HParam], overrides: Mapping[str, Any] | None
+                     ) -> dict[str, Any]:
+    """The defaults' values updated with `overrides` (None values dropped); an unknown key is an InputError
+    naming the known ones."""
+    config = {k: hp.value for k, hp in defaults.items()}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in config:
+            raise InputError(f"{owner}: unknown option {key!r}; known options: {', '.join(sorted(config)) or '(none)'}")
+        config[key] = value
+    return config
+
+
+def coerce_options(owner: str, defaults: Mapping[str, HParam], config: Mapping[str, Any]) -> dict[str, Any]:
+    """Give every option its default's type (CLI and run-file values such as "false" or "10" may arrive as
+    strings); a value that does not convert is an InputError naming the option. An int option refuses a
+    fractional value (10.5 steps). Options whose default is None or a container stay as given."""
+    out = dict(config)
+    truthy, falsy = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+    for key, hp in defaults.items():
+        v, kind = out[key], type(hp.value)
+        try:
+            if kind is bool and isinstance(v, str):
+                if v.strip().lower() not in truthy | falsy:
+                    raise ValueError(v)
+                out[key] = v.strip().lower() in truthy
+            elif kind is bool:
+                if v not in (0, 1):  # True/False/0/1 only: 2 or 0.5 is not a switch value
+                    raise ValueError(v)
+                out[key] = bool(v)
+            elif kind is int:
+                if isinstance(v, bool) or float(v) != int(float(v)):
+                    raise ValueError(v)
+                out[key] = int(float(v))
+            elif kind is float:
+                if isinstance(v, bool):
+                    raise ValueError(v)
+                out[key] = float(v)
+            elif kind is str and v is not None:
+                if not isinstance(v, (str, int, float)):
+                    raise ValueError(v)
+                out[key] = str(v)
+        except (TypeError, ValueError):
+            raise InputError(f"{owner}: option {key}={v!r} is not a valid {kind.__name__}") from None
+    return out
+
+
+def resolve_options(owner: str, defaults: Mapping[str, HParam], overrides: Mapping[str, Any] | None = None, *,
+                    overlay: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The one option resolver of methods and trainers: defaults -> preset overlay -> overrides -> coercion.
+    Callers then validate the values (`Translator.validate_config`, a trainer's checks)."""
+    merged = {**dict(overlay or {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    return coerce_options(owner, defaults, override_options(owner, defaults, merged))
 
 
 def per_sample_generators(generator: Any, b: int) -> list[Any]:
@@ -257,14 +281,18 @@ class Translator(ABC):
         """The hyper-parameters an instance loaded with `preset` and `overrides` will use, without loading it.
 
         The runner keys its output cache on this; `from_pretrained` must use it too (one implementation).
-        Card defaults, then `tiny_defaults` on the tiny preset, then the overrides; values coerced to the defaults'
-        types, then `validate_config`. Methods whose defaults depend on the base model (e.g. SD-Turbo vs SD 1.x)
-        override it.
+        Card defaults, then the preset's overlay (`preset_defaults`), then the overrides; values coerced to the
+        defaults' types, then `validate_config`. Every method goes through here: override the two hooks, not this.
         """
-        base = dict(cls.tiny_defaults) if preset == "tiny" else {}
-        config = cls.card.coerce_config(cls.card.resolve_config({**base, **dict(overrides or {})}))
+        config = resolve_options(cls.card.name, cls.card.defaults, overrides, overlay=cls.preset_defaults(preset))
         cls.validate_config(config)
         return config
+
+    @classmethod
+    def preset_defaults(cls, preset: str) -> Mapping[str, Any]:
+        """Defaults a preset changes: `tiny_defaults` on the tiny preset (methods whose defaults depend on the
+        base model, e.g. SD-Turbo vs SD 1.x, override this)."""
+        return cls.tiny_defaults if preset == "tiny" else {}
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> None:
@@ -285,6 +313,11 @@ class Translator(ABC):
         return {}
 
     # -- trainable methods override these -------------------------------------------------------------
+    @classmethod
+    def resolve_train_config(cls, preset: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The training options `fit` will use on `preset`, resolved and checked without loading anything."""
+        raise NotImplementedError(f"{cls.card.name} is not trainable")
+
     def fit(self, data: Any, config: Mapping[str, Any], *, callback: Any = None) -> None:
         raise NotImplementedError(f"{self.card.name} is not trainable")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..base import HParam, InputError
+from ..base import HParam, InputError, resolve_options
 
 _TU = "training_utils.py parse_args_paired_training"
 _TUU = "training_utils.py parse_args_unpaired_training"
@@ -127,14 +127,9 @@ def train_defaults(method: str, preset: str) -> dict[str, HParam]:
 
 
 def resolve_train_config(method: str, preset: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    table = train_defaults(method, preset)
-    config = {k: hp.value for k, hp in table.items()}
-    for k, v in (overrides or {}).items():
-        if v is None:
-            continue
-        if k not in config:
-            raise InputError(f"{method} training: unknown option {k!r}; known options: {', '.join(sorted(config))}")
-        config[k] = v
+    """The training options through the methods' one resolver (defaults -> tiny overlay -> overrides ->
+    coercion), then checked."""
+    config = resolve_options(f"{method} training", train_defaults(method, preset), overrides)
     if config["mixed_precision"] not in ("no", "bf16", "fp16"):
         raise InputError(f"{method} training: mixed_precision must be 'no', 'bf16' or 'fp16'")
     return config
