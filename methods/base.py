@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from os import PathLike
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 # the project's one exception hierarchy; re-exported here because methods raise these
@@ -324,9 +325,70 @@ class Translator(ABC):
     def save_pretrained(self, path: str | PathLike) -> None:
         raise NotImplementedError(f"{self.card.name} has no trainable state to save")
 
+    # -- notebook convenience ------------------------------------------------------------------------------
+    def translate_images(self, images: Sequence[Any], *, prompts: str | Sequence[str] | None = None,
+                         src_prompts: str | Sequence[str] | None = None, condition: Sequence[Any] | None = None,
+                         reference: Any = None, direction: str = "a2b", seed: int = 0,
+                         ids: Sequence[str] | None = None) -> list[Any]:
+        """Translate PIL images or image files; returns PIL images of the same sizes.
+
+        `prompts`: the target prompt(s), one for all or one per image (`src_prompts` likewise); `condition`: one
+        edge map / sketch / mask per image; `reference`: one style image for all, or one per image. Each image is
+        seeded from (seed, its id), ids being file stems or list positions, exactly as the benchmark seeds a
+        sample, so a notebook call reproduces a run's output for the same image, id and seed.
+        """
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        from eval.harness.runner import sample_seed
+
+        def load(x: Any) -> Any:
+            if isinstance(x, (str, PathLike)):
+                try:
+                    with Image.open(x) as im:
+                        return im.convert("RGB")
+                except OSError as err:
+                    raise InputError(f"cannot read the image {x}: {err}") from None
+            if isinstance(x, Image.Image):
+                return x.convert("RGB")
+            raise InputError(f"translate_images takes PIL images or image paths, got {type(x).__name__}")
+
+        def tensor(img: Any) -> Any:
+            return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+
+        def per_image(value: Any, what: str) -> list[Any]:
+            if value is None or isinstance(value, (str, Image.Image, PathLike)):
+                return [value] * len(images)
+            if len(value) != len(images):
+                raise InputError(f"{len(value)} {what} for {len(images)} images; pass one for all or one per image")
+            return list(value)
+
+        if isinstance(images, (str, PathLike, Image.Image)):
+            images = [images]
+        names = list(ids) if ids is not None else [
+            Path(x).stem if isinstance(x, (str, PathLike)) else str(i) for i, x in enumerate(images)]
+        tgt, src = per_image(prompts, "prompts"), per_image(src_prompts, "source prompts")
+        conds, refs = per_image(condition, "conditions"), per_image(reference, "references")
+        device = next((p.device for net in self.networks().values() for p in net.parameters()), torch.device("cpu"))
+        out = []
+        for i, x in enumerate(images):
+            batch = TranslationInput(
+                images=tensor(load(x)), tgt_prompts=[tgt[i]], src_prompts=[src[i]], direction=direction,
+                condition=tensor(load(conds[i])) if conds[i] is not None else None,
+                reference=tensor(load(refs[i])) if refs[i] is not None else None, ids=[names[i]])
+            gen = torch.Generator(device=device).manual_seed(sample_seed(seed, names[i]))
+            result = self.translate(batch, generator=[gen]).images[0]
+            arr = (result.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round()
+            out.append(Image.fromarray(arr.astype(np.uint8)))
+        return out
+
     # -- shared checks ----------------------------------------------------------------------------------
     def check_input(self, batch: TranslationInput, kind: str | None = None) -> None:
         """Reject inputs this method cannot take, with a message that names the samples and the fix."""
+        if not isinstance(batch, TranslationInput):
+            raise InputError(f"{self.card.name}.translate takes a TranslationInput (float tensors in [0, 1]); for "
+                             "PIL images or image files use translate_images([...], prompts=..., seed=...)")
         card = self.card
         if kind is not None and kind not in card.kinds:
             raise InputError(
