@@ -92,20 +92,15 @@ def cmd_perf(args: argparse.Namespace) -> int:
 
     import methods
     from eval.harness import parse_overrides, perf
+    from eval.harness.perf import perf_table
     from eval.harness.rundir import MANIFEST, PERF_CSV
     from eval.harness.runner import device_name
 
     df = perf(args.methods, registry=methods, preset=args.preset, device=args.device, dtype=args.dtype,
               batch_size=args.batch_size, resolution=args.resolution, warmup=args.warmup, repeats=args.repeats,
               overrides=parse_overrides(args.set), out=args.out)
-    show = df[["method", "preset", "resolution", "batch_size", "latency_median_s", "latency_iqr_s",
-               "throughput_img_s", "peak_mem_bytes", "network_calls", "overhead"]].copy()
-    show["peak_mem_bytes"] = (show["peak_mem_bytes"] / 2**20).round(1)
-    show = show.rename(columns={"peak_mem_bytes": "peak_mem_MiB"})
     print(f"perf on {device_name(args.device)}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(show.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print("overhead = wall time of a translation / its time inside the networks' forward calls (median over "
-          "repeats; n/a: the method calls no network)")
+    print(perf_table(df))
     print(f"results: {(Path(args.out) / PERF_CSV).resolve()}")
     if (Path(args.out) / MANIFEST).exists():
         from reports import write_report
@@ -128,26 +123,11 @@ def cmd_assets(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Fit a trainable method on a task and save it; resumable from the output directory."""
     import methods
-    from datasets import get_task
-    from eval.harness import ConfigError, parse_overrides
-    from eval.harness.preflight import check_device, check_dtype
+    from eval.harness import parse_overrides
+    from eval.harness.train import train
 
-    cls = methods.get(args.method)
-    trainable = [n for n, c in methods.cards().items() if c.needs_training]
-    if cls.fit is methods.Translator.fit:
-        raise ConfigError(f"{args.method} is not trainable; trainable methods: {', '.join(trainable) or 'none yet'}")
-    overrides = parse_overrides(args.set)
-    stray = sorted(set(overrides) - {args.method})
-    if stray:
-        raise ConfigError(f"--set {stray[0]}.…: training {args.method} takes only {args.method}.OPTION=VALUE")
-    config = {**overrides.get(args.method, {}), "output_dir": args.out}
-    cls.resolve_train_config(args.preset, config)  # every option checked before anything loads
-    device = check_device(args.device)
-    dtype = check_dtype(args.dtype, device)
-    task = get_task(args.task)
-    model = cls.from_pretrained(args.weights, preset=args.preset, device=device, dtype=dtype)
-    model.fit(task, config)
-    model.save_pretrained(args.out)
+    train(args.method, args.task, args.out, registry=methods, preset=args.preset, weights=args.weights,
+          device=args.device, dtype=args.dtype, overrides=parse_overrides(args.set))
     print(f"saved: {Path(args.out).resolve()}")
     return 0
 

@@ -72,7 +72,7 @@ def test_perf_prints_overhead_table_and_writes_csv(tmp_path):
     assert "overhead" in r.stdout
     df = pd.read_csv(tmp_path / "perf" / "perf.csv").set_index("method")
     assert df.loc["identity", "network_calls"] == "none" and pd.isna(df.loc["identity", "overhead"])
-    sd = df.loc["sdedit"]
+    sd = df.loc["sdedit[num_inference_steps=4]"]  # a variant is its own row
     calls = dict(part.split(" x") for part in sd["network_calls"].split(", "))
     # 4 PNDM steps at strength 0.5: the last half of PNDM's 5 timesteps (PLMS repeats its first one); CFG batched
     assert calls["vae.encoder"] == "1" and calls["vae.decoder"] == "1" and calls["unet"] in {"2", "3"}

@@ -33,6 +33,7 @@ from eval.harness.folders import evaluate_folders
 from eval.harness.perf import perf
 from eval.harness.result import RunResult, load_run
 from eval.harness.runner import run, sample_seed
+from eval.harness.train import train
 
 
 def config_of_run(run_dir: str | Path) -> RunConfig:
@@ -77,4 +78,5 @@ __all__ = [
     "rerun",
     "run",
     "sample_seed",
+    "train",
 ]

@@ -84,3 +84,14 @@ def perf(methods: Sequence[str] | None = None, *, registry: Any, preset: str = "
 
         atomic_write_text(Path(out) / PERF_CSV, df.to_csv(index=False))
     return df
+
+
+def perf_table(df: Any) -> str:
+    """The perf frame as the text table `benchmark.py perf` prints."""
+    show = df[["method", "preset", "resolution", "batch_size", "latency_median_s", "latency_iqr_s",
+               "throughput_img_s", "peak_mem_bytes", "network_calls", "overhead"]].copy()
+    show["peak_mem_bytes"] = (show["peak_mem_bytes"] / 2**20).round(1)
+    show = show.rename(columns={"peak_mem_bytes": "peak_mem_MiB"})
+    return (show.to_string(index=False, float_format=lambda v: f"{v:.4g}") + "\noverhead = wall time of a "
+            "translation / its time inside the networks' forward calls (median over repeats; n/a: the method calls "
+            "no network)")
