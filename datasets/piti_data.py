@@ -35,12 +35,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from eval.vocab import IMAGE_EXTENSIONS as IMAGE_EXTS  # the shared vocabulary
+
 from .errors import DataError
 from .sample import Sample
 
 PITI_RESOLUTION = 256  # image_datasets_*.py: resize_size = crop_size = 256
 COCO_STUFF_CLASSES = 182  # preprocess_mask.py: Colorize(182)
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 # --- conditions -----------------------------------------------------------------------------------------------------

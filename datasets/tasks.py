@@ -16,15 +16,13 @@ from typing import Any
 
 from PIL import Image
 
+from eval.vocab import KINDS, METRICS  # the shared vocabulary, re-exported
+
 from . import layouts
 from .errors import DataError
 from .recipes import Recipe, get_recipe
 from .sample import Sample, Task
 from .suite import DEFAULT_RESOLUTION, SUITE_VERSION, ensure_suite
-
-KINDS = ("unpaired", "paired", "text-edit", "image-guided", "mask-to-image", "sketch-to-image")
-METRICS = ("fid", "kid", "dino_struct", "dino_struct_v2", "clip_score", "clip_directional", "clip_accuracy", "lpips",
-           "psnr", "ssim")
 
 #: Which metrics apply to each kind (what the papers of that kind report and the data supports).
 DEFAULT_METRICS: dict[str, tuple[str, ...]] = {

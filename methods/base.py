@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 # the project's one exception hierarchy; re-exported here because methods raise these
 from eval.errors import ConfigError, InputError, WeightsNotFoundError, ZooError  # noqa: F401
 from eval.store import config_hash  # noqa: F401  (re-exported: part of the method-facing API)
+from eval.vocab import KINDS as TASK_KINDS
+from eval.vocab import WeightsProvenance
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-KINDS = frozenset({"unpaired", "paired", "text-edit", "image-guided", "mask-to-image", "sketch-to-image"})
+KINDS = frozenset(TASK_KINDS)
 DIRECTIONS = ("a2b", "b2a")
 
 
@@ -307,6 +309,23 @@ class Translator(ABC):
         from .common.loading import weights_identity
 
         return weights_identity(source)
+
+    @classmethod
+    def weights_provenance(cls, source: str) -> WeightsProvenance:
+        """Where the weights loaded from `source` come from (see `eval.vocab.WEIGHTS_KINDS`), without loading
+        them. The default: "none" for no weights, "random" for a tiny preset, "converted-official" for an
+        authors' checkpoint file (.pt / .pth / .pkl / .ckpt, local or URL), otherwise "real". Methods whose
+        default weights are an untrained initialisation override this."""
+        s = str(source)
+        if s in ("", "none"):
+            kind = "none"
+        elif s.startswith("tiny:"):
+            kind = "random"
+        elif s.lower().endswith((".pt", ".pth", ".pkl", ".ckpt")):
+            kind = "converted-official"
+        else:
+            kind = "real"
+        return WeightsProvenance(kind, "none" if kind == "none" else cls.weights_identity(s))
 
     def networks(self) -> dict[str, Any]:
         """The neural networks the algorithm must call (name -> nn.Module), for the perf call census and the

@@ -160,6 +160,8 @@ def _weights_label(labels: Iterable[Any]) -> str:
     and none says something else; "unknown" when no source knows."""
     seen = {str(v).strip().lower() for v in labels if v is not None and not (isinstance(v, float) and math.isnan(v))}
     seen -= {"", "unknown", "none", "nan", "n/a"}  # n/a: the method has no weights (identity)
+    # the weights kinds of eval.vocab: an authors' converted checkpoint is real, an untrained one is not comparable
+    seen = {"real" if v == "converted-official" else "random" if v == "untrained" else v for v in seen}
     if "random" in seen:
         return "random"
     if seen and seen <= {"real"}:

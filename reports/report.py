@@ -56,6 +56,8 @@ class ReportData:
         rnd = {m for m in self.run.methods if self.run.method_weights(m) == "random"}
         if not self.summary.empty:
             rnd |= set(self.summary.loc[self.summary["weights"] == "random", "method"])
+        # a method without weights (identity) did not run with random weights, whatever its metrics' encoders
+        rnd -= {m for m in self.run.methods if str(self.run.method_info(m).get("weights_label")) in ("none", "n/a")}
         return [m for m in self.run.methods if m in rnd] + sorted(rnd - set(self.run.methods))
 
     @property

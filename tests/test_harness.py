@@ -242,3 +242,19 @@ def test_run_file_dump_keeps_sweeps_as_lists():
     text = dump_run_file(RunConfig(methods=["sdedit"], overrides={"sdedit": {"strength": Sweep([0.3, 0.5])}})
                          .to_dict())
     assert "strength: [0.3, 0.5]" in text
+
+
+def test_weights_provenance_is_a_value_not_a_string_test():
+    from eval.vocab import WeightsProvenance
+
+    turbo = methods.get("cyclegan-turbo")
+    assert turbo.weights_provenance(turbo.card.weights_for("paper")).kind == "untrained"  # no checkpoint yet
+    assert turbo.weights_provenance("tiny:sd-turbo").kind == "random"
+    official = next(p for p in turbo.card.weights if p not in ("paper", "tiny"))
+    assert turbo.weights_provenance(turbo.card.weights_for(official)).kind == "converted-official"
+    assert methods.get("identity").weights_provenance("none") == WeightsProvenance("none", "none")
+    assert methods.get("piti").weights_provenance("/models/piti/base_mask.pt").kind == "converted-official"
+    prov = methods.get("sdedit").weights_provenance("tiny:sd-1.4")
+    assert prov.kind == "random" and not prov.comparable and prov.id.startswith("tiny:sd-1.4")
+    with pytest.raises(ValueError):
+        WeightsProvenance("made-up", "x")

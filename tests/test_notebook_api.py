@@ -79,6 +79,9 @@ def test_load_run_summary_and_html_view(tmp_path):
     assert summary.loc[("identity", "test-notebook"), "lpips"] == pytest.approx(0.0, abs=1e-6)
     long = again.summary(long=True)
     assert {"mean", "ci_lo", "ci_hi", "n"} <= set(long.columns)
+    assert again.manifest["methods"]["identity"]["weights_label"] == "none"
+    banner = next(line for line in again.report.read_text().splitlines() if "Random weights" in line)
+    assert "identity" not in banner.split("metrics")[0]  # no weights is not "ran with random weights"
     html = again._repr_html_()
     assert "<table" in html and "identity" in html
     assert "2 outputs, 0 failures" in repr(again)

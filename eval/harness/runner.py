@@ -413,10 +413,10 @@ def _start_manifest(cfg: RunConfig, tasks: dict[str, tuple[Any, list[Any]]], pla
     for p in plans:
         v = p.variant
         card = v.cls.card
+        prov = v.cls.weights_provenance(v.source)
         manifest["methods"][v.label] = {
             "method": v.method, "paper": card.paper, "url": card.url, "preset": v.preset, "weights": v.source,
-            "weights_id": v.cls.weights_identity(v.source),
-            "weights_label": "random" if v.source.startswith("tiny:") else "n/a" if v.source == "none" else "real",
+            "weights_id": prov.id, "weights_label": prov.kind,
             "config": v.config, "config_hash": config_hash(v.config),
             **({"optimises": list(card.optimises)} if card.optimises else {}),
         }

@@ -66,6 +66,14 @@ class _TurboBase(Translator):
         return dict(official.defaults) if official is not None else {}
 
     @classmethod
+    def weights_provenance(cls, source: str) -> Any:
+        """The base SD-Turbo snapshot alone is the untrained initialisation (LoRA and skip convs not learned)."""
+        prov = super().weights_provenance(source)
+        if str(source) == BASE_MODEL:
+            return type(prov)("untrained", prov.id)
+        return prov
+
+    @classmethod
     def resolve_train_config(cls, preset: str, overrides: Any = None) -> dict[str, Any]:
         """The options `fit` will use on `preset` (checked, without loading anything)."""
         from .defaults import resolve_train_config
