@@ -21,6 +21,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from eval.harness.rundir import (
+    DISTRIBUTION_CSV,
+    FAILURES,
+    INPUTS,
+    MANIFEST,
+    METRIC_INFO,
+    METRICS,
+    OUTPUTS,
+    PER_IMAGE_CSV,
+    PERF_CSV,
+)
 from eval.store import read_json
 
 __all__ = [
@@ -394,7 +405,7 @@ def _is_input_companion(name: str) -> str | None:
 
 def _scan_inputs(root: Path) -> pd.DataFrame:
     rows: dict[tuple[str, str], dict[str, Any]] = {}
-    base = root / "inputs"
+    base = root / INPUTS
     if base.is_dir():
         for task_dir in sorted(p for p in base.iterdir() if p.is_dir()):
             for f in sorted(task_dir.glob("*.png")):
@@ -408,7 +419,7 @@ def _scan_inputs(root: Path) -> pd.DataFrame:
 
 def _scan_outputs(root: Path) -> pd.DataFrame:
     rows = []
-    base = root / "outputs"
+    base = root / OUTPUTS
     if base.is_dir():
         for mdir in sorted(p for p in base.iterdir() if p.is_dir()):
             for tdir in sorted(p for p in mdir.iterdir() if p.is_dir()):
@@ -435,7 +446,7 @@ def _num(v: Any) -> float:
 
 def _scan_failures(root: Path) -> pd.DataFrame:
     rows = []
-    base = root / "failures"
+    base = root / FAILURES
     if base.is_dir():
         for f in sorted(base.rglob("*.json")):
             rec = read_json(f, default=None)
@@ -476,21 +487,21 @@ def load_run(run_dir: str | Path) -> Run:
     root = Path(run_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"run directory {root} does not exist; run `python benchmark.py run` first")
-    manifest = read_json(root / "manifest.json", default={})
+    manifest = read_json(root / MANIFEST, default={})
     manifest = manifest if isinstance(manifest, dict) else {}
     ids = ("method", "task", "sample", "metric", "weights")
-    per_image = _read_csv(root / "metrics" / "per_image.csv", PER_IMAGE_COLUMNS, ids)
+    per_image = _read_csv(root / METRICS / PER_IMAGE_CSV, PER_IMAGE_COLUMNS, ids)
     per_image = per_image.dropna(subset=["method", "task", "metric"])
     per_image["value"] = pd.to_numeric(per_image["value"], errors="coerce")
-    distribution = _read_csv(root / "metrics" / "distribution.csv", DISTRIBUTION_COLUMNS,
+    distribution = _read_csv(root / METRICS / DISTRIBUTION_CSV, DISTRIBUTION_COLUMNS,
                              ("method", "task", "metric", "weights"))
     distribution = distribution.dropna(subset=["method", "task", "metric"])
     for c in ("value", "n_gen", "n_ref"):
         distribution[c] = pd.to_numeric(distribution[c], errors="coerce")
-    metric_info = read_json(root / "metrics" / "metric_info.json", default={})
+    metric_info = read_json(root / METRICS / METRIC_INFO, default={})
     metric_info = {str(k): v for k, v in metric_info.items() if isinstance(v, dict)} if isinstance(
         metric_info, dict) else {}
-    perf_path = root / "perf" / "perf.csv"
+    perf_path = root / PERF_CSV
     perf = (_read_csv(perf_path, PERF_COLUMNS, ("method", "preset", "device")) if perf_path.is_file()
             else pd.DataFrame(columns=PERF_COLUMNS))
     outputs = _scan_outputs(root)
