@@ -1,6 +1,6 @@
 """PITI's datasets: COCO-Stuff and ADE20K semantic masks, sketch (edge-map) folders, and their conditions.
 
-What PITI trains and evaluates on (spec A.7; PITI `preprocess/preprocess_mask.py`, `image_datasets_mask.py`,
+What PITI trains and evaluates on (PITI `preprocess/preprocess_mask.py`, `image_datasets_mask.py`,
 `image_datasets_sketch.py`):
 
 - **COCO-Stuff** (mask-to-image): photos in ``<split>_img/*.jpg`` and RGB colour-coded label maps in

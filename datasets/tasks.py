@@ -37,7 +37,7 @@ DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
     # DiffuseIT image-guided: structure kept from the content (DINO), change measured by LPIPS.
     "image-guided": ("dino_struct", "dino_struct_v2", "lpips"),
     # PITI: FID vs real photos; ground truth exists (the derived masks/sketches come from the photos).
-    # LPIPS and SSIM to the target photo (issue 7), CLIP score against the captions.
+    # LPIPS and SSIM to the target photo, CLIP score against the captions.
     "mask-to-image": ("fid", "kid", "lpips", "ssim", "clip_score"),
     "sketch-to-image": ("fid", "kid", "lpips", "ssim", "clip_score"),
 }

@@ -3,7 +3,7 @@ pix2pix-turbo (paired; deterministic and stochastic sketch mode) and CycleGAN-Tu
 
 One SD-Turbo step turned into an image-to-image network: VAE encoder -> UNet at t=999 with a text prompt ->
 one-step scheduler -> VAE decoder, with encoder-to-decoder skip convs (1x1, init 1e-5) and LoRA on UNet and VAE
-(spec ../shared/specs/img2img_turbo_and_pix2pix_zero.md part A; authors' code GaParmar/img2img-turbo).
+(authors' code GaParmar/img2img-turbo).
 Both methods need trained weights: `benchmark.py train <method> --task ...` (or `fit`), an official checkpoint
 preset (`official.OFFICIAL`), or, for smoke tests, the untrained initialisation of the tiny preset, which is
 labelled "untrained" in `weights_id`.
