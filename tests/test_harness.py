@@ -258,3 +258,12 @@ def test_weights_provenance_is_a_value_not_a_string_test():
     assert prov.kind == "random" and not prov.comparable and prov.id.startswith("tiny:sd-1.4")
     with pytest.raises(ValueError):
         WeightsProvenance("made-up", "x")
+
+
+def test_a_task_folder_without_a_layout_fails_before_anything_is_written(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    rc, _, err = _main(capsys, "--methods", "identity", "--tasks", str(tmp_path / "empty"), "--out",
+                       str(tmp_path / "r"))
+    assert rc == 2 and str(tmp_path / "empty") in err and not (tmp_path / "r").exists()
+    rc, _, err = _main(capsys, "--methods", "identity", "--tasks", "sample-edti", "--out", str(tmp_path / "r"))
+    assert rc == 2 and "sample-edit" in err and not (tmp_path / "r").exists()

@@ -79,10 +79,13 @@ def check_overrides(cfg: RunConfig) -> None:
 
 
 def check_tasks(task_specs: list[str]) -> None:
-    from datasets import get_task
+    """Every task name is known and every task folder has a supported layout (pixels are read later)."""
+    from datasets import get_task, task_from_folder
 
     for spec in task_specs:
-        if not Path(spec).is_dir():
+        if Path(spec).is_dir():
+            task_from_folder(spec)  # checks the folder structure and prompt files now
+        else:
             get_task(spec)  # an unknown name raises DataError with the closest match
 
 
