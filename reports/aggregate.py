@@ -1,11 +1,11 @@
 """Read a run directory into DataFrames and reduce it to one summary row per method x task x metric.
 
-A run directory (the unit of reproducibility: see `eval.harness.rundir` for its file names) holds everything a report needs: outputs with timing sidecars,
-failures, per-image and distribution metrics, metric metadata and the provenance manifest. `load_run` gathers
-those files into a `Run` (no recomputation, no torch); `summarize_run` turns it into the long-form summary that
-tables and figures share: mean, a seeded percentile-bootstrap 95% CI, N (non-NaN values), the NaN count, the
-failure count, and the weights label. NaNs are counted, never averaged (PIE-Bench's evaluation writes "nan" strings
-into its result tables and averages around them: the counter-example). Every function here is pure on DataFrames except the loader.
+A run directory (file names in `eval.harness.rundir`) holds everything a report needs: outputs with timing
+sidecars, failures, per-image and distribution metrics, metric metadata and the provenance manifest. `load_run`
+gathers those files into a `Run` (no recomputation, no torch); `summarize_run` turns it into the long-form summary
+that tables and figures share: mean, a seeded percentile-bootstrap 95% CI, N (non-NaN values), the NaN count, the
+failure count, and the weights label. NaNs are counted, never averaged (PIE-Bench's evaluation writes "nan"
+strings into its result tables: the counter-example). Every function here is pure on DataFrames except the loader.
 """
 
 from __future__ import annotations
