@@ -464,11 +464,13 @@ def run(cfg: RunConfig, *, registry: Any) -> RunResult:
     0 waits for all, then computes the metrics and the report.
     """
     import contextlib
+    from dataclasses import replace
 
     from eval.harness.preflight import preflight
     from eval.harness.result import RunResult
     from eval.store import atomic_write_json
 
+    cfg = replace(cfg, methods=list(cfg.methods), tasks=list(cfg.tasks))  # the caller's object stays as given
     variants = preflight(cfg, registry)
     state = _dist_state(cfg)
     main = state is None or state.is_main_process
