@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from eval.errors import ZooError
 
-class DataError(ValueError):
+
+class DataError(ZooError, ValueError):
     """A problem with the user's data (bad image, wrong folder layout, prompts file mismatch, missing download).
 
     The message always names the file or folder involved and what to do about it; the CLI prints it without a

@@ -37,11 +37,12 @@ from typing import Any, overload
 
 from PIL import Image
 
+from eval.vocab import IMAGE_EXTENSIONS  # the shared vocabulary, re-exported
+
 from .errors import DataError
 from .images import load_image, prepare, safe_sample_id
 from .sample import Sample
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 PROMPT_FILES = ("prompts.json", "prompts.csv")
 _ENTRY_KEYS = {
     "src": "src",

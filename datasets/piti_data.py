@@ -1,6 +1,6 @@
 """PITI's datasets: COCO-Stuff and ADE20K semantic masks, sketch (edge-map) folders, and their conditions.
 
-What PITI trains and evaluates on (spec A.7; PITI `preprocess/preprocess_mask.py`, `image_datasets_mask.py`,
+What PITI trains and evaluates on (PITI `preprocess/preprocess_mask.py`, `image_datasets_mask.py`,
 `image_datasets_sketch.py`):
 
 - **COCO-Stuff** (mask-to-image): photos in ``<split>_img/*.jpg`` and RGB colour-coded label maps in
@@ -35,12 +35,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from eval.vocab import IMAGE_EXTENSIONS as IMAGE_EXTS  # the shared vocabulary
+
 from .errors import DataError
 from .sample import Sample
 
 PITI_RESOLUTION = 256  # image_datasets_*.py: resize_size = crop_size = 256
 COCO_STUFF_CLASSES = 182  # preprocess_mask.py: Colorize(182)
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 # --- conditions -----------------------------------------------------------------------------------------------------

@@ -189,7 +189,7 @@ def download(
             "sha256": digest,
             "bytes": nbytes,
             "verified": bool(recipe.sha256),
-            "downloaded_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "downloaded_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         })
         if dest.exists():  # force=True: swap out the old copy only now that the new one is complete
             old = work / "old"

@@ -16,15 +16,13 @@ from typing import Any
 
 from PIL import Image
 
+from eval.vocab import KINDS, METRICS  # the shared vocabulary, re-exported
+
 from . import layouts
 from .errors import DataError
 from .recipes import Recipe, get_recipe
 from .sample import Sample, Task
 from .suite import DEFAULT_RESOLUTION, SUITE_VERSION, ensure_suite
-
-KINDS = ("unpaired", "paired", "text-edit", "image-guided", "mask-to-image", "sketch-to-image")
-METRICS = ("fid", "kid", "dino_struct", "dino_struct_v2", "clip_score", "clip_directional", "clip_accuracy", "lpips",
-           "psnr", "ssim")
 
 #: Which metrics apply to each kind (what the papers of that kind report and the data supports).
 DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
@@ -39,7 +37,7 @@ DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
     # DiffuseIT image-guided: structure kept from the content (DINO), change measured by LPIPS.
     "image-guided": ("dino_struct", "dino_struct_v2", "lpips"),
     # PITI: FID vs real photos; ground truth exists (the derived masks/sketches come from the photos).
-    # LPIPS and SSIM to the target photo (issue 7), CLIP score against the captions.
+    # LPIPS and SSIM to the target photo, CLIP score against the captions.
     "mask-to-image": ("fid", "kid", "lpips", "ssim", "clip_score"),
     "sketch-to-image": ("fid", "kid", "lpips", "ssim", "clip_score"),
 }

@@ -7,6 +7,9 @@ Importing `eval` imports no torch: the public names below resolve lazily to thei
     evaluate_per_image(records, metric_names, ...), evaluate_distribution(gen, ref, ...)      eval.evaluate
     load_inception / load_dino / load_clip / load_lpips(..., preset, device)                 the encoders
     fetch(), status(), list_assets()                                                          eval.assets
+
+The run harness (`eval.harness`: run, rerun, perf, train, evaluate_folders, load_run) drives whole benchmark runs;
+`eval.errors` holds the project's exception hierarchy and `eval.vocab` its shared vocabulary.
 """
 
 from __future__ import annotations

@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from eval.vocab import IMAGE_EXTENSIONS  # the shared vocabulary, re-exported
+
 if TYPE_CHECKING:
     import torch
 
-IMAGE_EXTENSIONS = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}  # clean-fid's set
 RANGE_TOL = 1e-6
 
 

@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from eval.encoders import check_preset
 from eval.store import hash_obj
+from eval.vocab import KINDS as TASK_KINDS
 
 if TYPE_CHECKING:
     import torch
 
-KINDS = ("unpaired", "paired", "text-edit", "image-guided", "mask-to-image", "sketch-to-image")
+KINDS = TASK_KINDS  # the shared vocabulary (eval.vocab)
 NEEDS = ("input", "target", "src_prompt", "tgt_prompt", "reference", "reference_set")
 """What a metric reads besides the output: the translated image's input, its ground-truth target, the source and
 target prompts, the style reference image, or (distribution metrics) a reference set of target-domain images."""

@@ -101,6 +101,12 @@ def hash_obj(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def config_hash(config: Any) -> str:
+    """A stable short hash of a JSON-able configuration (keys sorted): part of the output cache key."""
+    blob = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def _kv_path(root: str | os.PathLike, key: str) -> Path:
     return Path(root) / key[:2] / f"{key}.json"
 

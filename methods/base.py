@@ -6,27 +6,24 @@ without pulling in the deep-learning stack. Tensor work happens inside the metho
 
 from __future__ import annotations
 
-import hashlib
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from os import PathLike
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
+
+# the project's one exception hierarchy; re-exported here because methods raise these
+from eval.errors import ConfigError, InputError, WeightsNotFoundError, ZooError  # noqa: F401
+from eval.store import config_hash  # noqa: F401  (re-exported: part of the method-facing API)
+from eval.vocab import KINDS as TASK_KINDS
+from eval.vocab import WeightsProvenance
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-KINDS = frozenset({"unpaired", "paired", "text-edit", "image-guided", "mask-to-image", "sketch-to-image"})
+KINDS = frozenset(TASK_KINDS)
 DIRECTIONS = ("a2b", "b2a")
-
-
-class InputError(ValueError):
-    """A user-fixable problem with the data handed to a method (wrong size, missing prompt, wrong kind...)."""
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """The weights a method needs are not on this machine (offline, wrong path)."""
 
 
 @dataclass(frozen=True)
@@ -79,43 +76,11 @@ class MethodCard:
         Overrides whose value is None are dropped (timm's factory rule), so CLI flags that were not given
         do not clobber defaults.
         """
-        config = self.default_config()
-        for key, value in (overrides or {}).items():
-            if value is None:
-                continue
-            if key not in config:
-                raise InputError(
-                    f"{self.name}: unknown option {key!r}; known options: {', '.join(sorted(config)) or '(none)'}"
-                )
-            config[key] = value
-        return config
+        return override_options(self.name, self.defaults, overrides)
 
     def coerce_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        """Give every option its default's type (CLI values such as "false" or "10" arrive as strings); a value
-        that does not convert is an InputError naming the option. Options whose default is None stay as given
-        or become strings."""
-        out = dict(config)
-        truthy, falsy = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
-        for key, hp in self.defaults.items():
-            v, kind = out[key], type(hp.value)
-            try:
-                if kind is bool and isinstance(v, str):
-                    if v.strip().lower() not in truthy | falsy:
-                        raise ValueError(v)
-                    out[key] = v.strip().lower() in truthy
-                elif kind is bool:
-                    out[key] = bool(v)
-                elif kind is int:
-                    if float(v) != int(float(v)):
-                        raise ValueError(v)
-                    out[key] = int(float(v))
-                elif kind is float:
-                    out[key] = float(v)
-                elif v is not None and kind is not type(None):
-                    out[key] = str(v)
-            except (TypeError, ValueError):
-                raise InputError(f"{self.name}: option {key}={v!r} is not a valid {kind.__name__}") from None
-        return out
+        """Give every option its default's type (see `coerce_options`)."""
+        return coerce_options(self.name, self.defaults, config)
 
     def weights_for(self, preset: str) -> str:
         try:
@@ -125,6 +90,62 @@ class MethodCard:
                 f"{self.name}: unknown preset {preset!r}; presets: {', '.join(self.weights)} "
                 "(or pass a local directory / hub id as --weights)"
             ) from None
+
+
+def override_options(owner: str, defaults: Mapping[str, HParam], overrides: Mapping[str, Any] | None
+                     ) -> dict[str, Any]:
+    """The defaults' values updated with `overrides` (None values dropped); an unknown key is an InputError
+    naming the known ones."""
+    config = {k: hp.value for k, hp in defaults.items()}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in config:
+            raise InputError(f"{owner}: unknown option {key!r}; known options: {', '.join(sorted(config)) or '(none)'}")
+        config[key] = value
+    return config
+
+
+def coerce_options(owner: str, defaults: Mapping[str, HParam], config: Mapping[str, Any]) -> dict[str, Any]:
+    """Give every option its default's type (CLI and run-file values such as "false" or "10" may arrive as
+    strings); a value that does not convert is an InputError naming the option. An int option refuses a
+    fractional value (10.5 steps). Options whose default is None or a container stay as given."""
+    out = dict(config)
+    truthy, falsy = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+    for key, hp in defaults.items():
+        v, kind = out[key], type(hp.value)
+        try:
+            if kind is bool and isinstance(v, str):
+                if v.strip().lower() not in truthy | falsy:
+                    raise ValueError(v)
+                out[key] = v.strip().lower() in truthy
+            elif kind is bool:
+                if v not in (0, 1):  # True/False/0/1 only: 2 or 0.5 is not a switch value
+                    raise ValueError(v)
+                out[key] = bool(v)
+            elif kind is int:
+                if isinstance(v, bool) or float(v) != int(float(v)):
+                    raise ValueError(v)
+                out[key] = int(float(v))
+            elif kind is float:
+                if isinstance(v, bool):
+                    raise ValueError(v)
+                out[key] = float(v)
+            elif kind is str and v is not None:
+                if not isinstance(v, (str, int, float)):
+                    raise ValueError(v)
+                out[key] = str(v)
+        except (TypeError, ValueError):
+            raise InputError(f"{owner}: option {key}={v!r} is not a valid {kind.__name__}") from None
+    return out
+
+
+def resolve_options(owner: str, defaults: Mapping[str, HParam], overrides: Mapping[str, Any] | None = None, *,
+                    overlay: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The one option resolver of methods and trainers: defaults -> preset overlay -> overrides -> coercion.
+    Callers then validate the values (`Translator.validate_config`, a trainer's checks)."""
+    merged = {**dict(overlay or {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    return coerce_options(owner, defaults, override_options(owner, defaults, merged))
 
 
 def per_sample_generators(generator: Any, b: int) -> list[Any]:
@@ -140,12 +161,6 @@ def per_sample_generators(generator: Any, b: int) -> list[Any]:
     gdev = generator.device if generator is not None else torch.device("cpu")
     seeds = torch.randint(0, 2**62, (b,), generator=generator, device=gdev)
     return [torch.Generator(device=gdev).manual_seed(int(s)) for s in seeds.tolist()]
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """A stable short hash of a JSON-able configuration (keys sorted)."""
-    blob = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -278,19 +293,48 @@ class Translator(ABC):
         """The hyper-parameters an instance loaded with `preset` and `overrides` will use, without loading it.
 
         The runner keys its output cache on this; `from_pretrained` must use it too (one implementation).
-        Card defaults, then `tiny_defaults` on the tiny preset, then the overrides; values coerced to the defaults'
-        types, then `validate_config`. Methods whose defaults depend on the base model (e.g. SD-Turbo vs SD 1.x)
-        override it.
+        Card defaults, then the preset's overlay (`preset_defaults`), then the overrides; values coerced to the
+        defaults' types, then `validate_config`. Every method goes through here: override the two hooks, not this.
         """
-        base = dict(cls.tiny_defaults) if preset == "tiny" else {}
-        config = cls.card.coerce_config(cls.card.resolve_config({**base, **dict(overrides or {})}))
+        config = resolve_options(cls.card.name, cls.card.defaults, overrides, overlay=cls.preset_defaults(preset))
         cls.validate_config(config)
         return config
+
+    @classmethod
+    def preset_defaults(cls, preset: str) -> Mapping[str, Any]:
+        """Defaults a preset changes: `tiny_defaults` on the tiny preset (methods whose defaults depend on the
+        base model, e.g. SD-Turbo vs SD 1.x, override this)."""
+        return cls.tiny_defaults if preset == "tiny" else {}
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> None:
         """Raise InputError naming the option and the fix for values the method cannot take (methods override)."""
         return None  # an optional hook: nothing to check by default
+
+    @classmethod
+    def weights_identity(cls, source: str) -> str:
+        """The `weights_id` that loading `source` will give, without loading or downloading anything (the run
+        keys its output cache on it)."""
+        from .common.loading import weights_identity
+
+        return weights_identity(source)
+
+    @classmethod
+    def weights_provenance(cls, source: str) -> WeightsProvenance:
+        """Where the weights loaded from `source` come from (see `eval.vocab.WEIGHTS_KINDS`), without loading
+        them. The default: "none" for no weights, "random" for a tiny preset, "converted-official" for an
+        authors' checkpoint file (.pt / .pth / .pkl / .ckpt, local or URL), otherwise "real". Methods whose
+        default weights are an untrained initialisation override this."""
+        s = str(source)
+        if s in ("", "none"):
+            kind = "none"
+        elif s.startswith("tiny:"):
+            kind = "random"
+        elif s.lower().endswith((".pt", ".pth", ".pkl", ".ckpt")):
+            kind = "converted-official"
+        else:
+            kind = "real"
+        return WeightsProvenance(kind, "none" if kind == "none" else cls.weights_identity(s))
 
     def networks(self) -> dict[str, Any]:
         """The neural networks the algorithm must call (name -> nn.Module), for the perf call census and the
@@ -298,15 +342,81 @@ class Translator(ABC):
         return {}
 
     # -- trainable methods override these -------------------------------------------------------------
+    @classmethod
+    def resolve_train_config(cls, preset: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The training options `fit` will use on `preset`, resolved and checked without loading anything."""
+        raise NotImplementedError(f"{cls.card.name} is not trainable")
+
     def fit(self, data: Any, config: Mapping[str, Any], *, callback: Any = None) -> None:
         raise NotImplementedError(f"{self.card.name} is not trainable")
 
     def save_pretrained(self, path: str | PathLike) -> None:
         raise NotImplementedError(f"{self.card.name} has no trainable state to save")
 
+    # -- notebook convenience ------------------------------------------------------------------------------
+    def translate_images(self, images: Sequence[Any], *, prompts: str | Sequence[str] | None = None,
+                         src_prompts: str | Sequence[str] | None = None, condition: Sequence[Any] | None = None,
+                         reference: Any = None, direction: str = "a2b", seed: int = 0,
+                         ids: Sequence[str] | None = None) -> list[Any]:
+        """Translate PIL images or image files; returns PIL images of the same sizes.
+
+        `prompts`: the target prompt(s), one for all or one per image (`src_prompts` likewise); `condition`: one
+        edge map / sketch / mask per image; `reference`: one style image for all, or one per image. Each image is
+        seeded from (seed, its id), ids being file stems or list positions, exactly as the benchmark seeds a
+        sample, so a notebook call reproduces a run's output for the same image, id and seed.
+        """
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        from eval.harness.runner import sample_seed
+
+        def load(x: Any) -> Any:
+            if isinstance(x, (str, PathLike)):
+                try:
+                    with Image.open(x) as im:
+                        return im.convert("RGB")
+                except OSError as err:
+                    raise InputError(f"cannot read the image {x}: {err}") from None
+            if isinstance(x, Image.Image):
+                return x.convert("RGB")
+            raise InputError(f"translate_images takes PIL images or image paths, got {type(x).__name__}")
+
+        def tensor(img: Any) -> Any:
+            return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+
+        def per_image(value: Any, what: str) -> list[Any]:
+            if value is None or isinstance(value, (str, Image.Image, PathLike)):
+                return [value] * len(images)
+            if len(value) != len(images):
+                raise InputError(f"{len(value)} {what} for {len(images)} images; pass one for all or one per image")
+            return list(value)
+
+        if isinstance(images, (str, PathLike, Image.Image)):
+            images = [images]
+        names = list(ids) if ids is not None else [
+            Path(x).stem if isinstance(x, (str, PathLike)) else str(i) for i, x in enumerate(images)]
+        tgt, src = per_image(prompts, "prompts"), per_image(src_prompts, "source prompts")
+        conds, refs = per_image(condition, "conditions"), per_image(reference, "references")
+        device = next((p.device for net in self.networks().values() for p in net.parameters()), torch.device("cpu"))
+        out = []
+        for i, x in enumerate(images):
+            batch = TranslationInput(
+                images=tensor(load(x)), tgt_prompts=[tgt[i]], src_prompts=[src[i]], direction=direction,
+                condition=tensor(load(conds[i])) if conds[i] is not None else None,
+                reference=tensor(load(refs[i])) if refs[i] is not None else None, ids=[names[i]])
+            gen = torch.Generator(device=device).manual_seed(sample_seed(seed, names[i]))
+            result = self.translate(batch, generator=[gen]).images[0]
+            arr = (result.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round()
+            out.append(Image.fromarray(arr.astype(np.uint8)))
+        return out
+
     # -- shared checks ----------------------------------------------------------------------------------
     def check_input(self, batch: TranslationInput, kind: str | None = None) -> None:
         """Reject inputs this method cannot take, with a message that names the samples and the fix."""
+        if not isinstance(batch, TranslationInput):
+            raise InputError(f"{self.card.name}.translate takes a TranslationInput (float tensors in [0, 1]); for "
+                             "PIL images or image files use translate_images([...], prompts=..., seed=...)")
         card = self.card
         if kind is not None and kind not in card.kinds:
             raise InputError(

@@ -34,4 +34,5 @@ class Identity(Translator):
         return cls(device=device)
 
     def translate(self, batch: TranslationInput, *, generator=None) -> TranslationOutput:
+        self.check_input(batch)
         return TranslationOutput(images=batch.images.clone())

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .base import MethodCard, Translator
+from .base import MethodCard, Translator, ZooError
 
 # name -> "module:Class". Keep sorted; one line per method.
 _BUILTIN: dict[str, str] = {
@@ -27,7 +27,7 @@ _LOADED: dict[str, type[Translator]] = {}
 _PLUGINS_LOADED = False
 
 
-class UnknownMethodError(KeyError):
+class UnknownMethodError(ZooError, KeyError):
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0])
 

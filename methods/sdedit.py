@@ -52,9 +52,17 @@ class SDEdit(Translator):
     )
 
     @classmethod
-    def resolve_config(cls, preset: str = "paper", overrides: Any = None) -> dict[str, Any]:
-        base = TURBO_DEFAULTS if preset in TURBO_PRESETS else {}
-        return cls.card.resolve_config({**base, **(overrides or {})})
+    def preset_defaults(cls, preset: str) -> dict[str, Any]:
+        return TURBO_DEFAULTS if preset in TURBO_PRESETS else {}
+
+    @classmethod
+    def validate_config(cls, config: Any) -> None:
+        if not 0.0 < config["strength"] <= 1.0:
+            raise InputError(f"sdedit: strength must be in (0, 1], got {config['strength']}")
+        if config["num_inference_steps"] < 1:
+            raise InputError(f"sdedit: num_inference_steps must be >= 1, got {config['num_inference_steps']}")
+        if config["num_inference_steps"] * config["strength"] < 1:
+            raise InputError("sdedit: num_inference_steps * strength must be >= 1 (otherwise no denoising step runs)")
 
     def __init__(self, pipe: Any, config: dict[str, Any], weights_id: str) -> None:
         self.pipe = pipe
@@ -69,10 +77,6 @@ class SDEdit(Translator):
 
         card = cls.card
         config = cls.resolve_config(preset, overrides)
-        if not 0.0 < float(config["strength"]) <= 1.0:
-            raise InputError(f"sdedit: strength must be in (0, 1], got {config['strength']}")
-        if int(config["num_inference_steps"]) * float(config["strength"]) < 1:
-            raise InputError("sdedit: num_inference_steps * strength must be >= 1 (otherwise no denoising step runs)")
         comps = load_sd(source or card.weights_for(preset), device=device, dtype=parse_dtype(dtype))
         pipe = StableDiffusionImg2ImgPipeline(
             vae=comps.vae, text_encoder=comps.text_encoder, tokenizer=comps.tokenizer, unet=comps.unet,

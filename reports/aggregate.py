@@ -1,11 +1,11 @@
 """Read a run directory into DataFrames and reduce it to one summary row per method x task x metric.
 
-A run directory (DESIGN.md, "Data flow") holds everything a report needs: outputs with timing sidecars,
-failures, per-image and distribution metrics, metric metadata and the provenance manifest. `load_run` gathers
-those files into a `Run` (no recomputation, no torch); `summarize_run` turns it into the long-form summary that
-tables and figures share: mean, a seeded percentile-bootstrap 95% CI, N (non-NaN values), the NaN count, the
-failure count, and the weights label. NaNs are counted, never averaged (PIE-Bench's "nan" strings are the
-counter-example, spec §4 item 9). Every function here is pure on DataFrames except the loader.
+A run directory (file names in `eval.harness.rundir`) holds everything a report needs: outputs with timing
+sidecars, failures, per-image and distribution metrics, metric metadata and the provenance manifest. `load_run`
+gathers those files into a `Run` (no recomputation, no torch); `summarize_run` turns it into the long-form summary
+that tables and figures share: mean, a seeded percentile-bootstrap 95% CI, N (non-NaN values), the NaN count, the
+failure count, and the weights label. NaNs are counted, never averaged (PIE-Bench's evaluation writes "nan"
+strings into its result tables: the counter-example). Every function here is pure on DataFrames except the loader.
 """
 
 from __future__ import annotations
@@ -21,6 +21,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from eval.harness.rundir import (
+    DISTRIBUTION_CSV,
+    FAILURES,
+    INPUTS,
+    MANIFEST,
+    METRIC_INFO,
+    METRICS,
+    OUTPUTS,
+    PER_IMAGE_CSV,
+    PERF_CSV,
+)
 from eval.store import read_json
 
 __all__ = [
@@ -160,6 +171,8 @@ def _weights_label(labels: Iterable[Any]) -> str:
     and none says something else; "unknown" when no source knows."""
     seen = {str(v).strip().lower() for v in labels if v is not None and not (isinstance(v, float) and math.isnan(v))}
     seen -= {"", "unknown", "none", "nan", "n/a"}  # n/a: the method has no weights (identity)
+    # the weights kinds of eval.vocab: an authors' converted checkpoint is real, an untrained one is not comparable
+    seen = {"real" if v == "converted-official" else "random" if v == "untrained" else v for v in seen}
     if "random" in seen:
         return "random"
     if seen and seen <= {"real"}:
@@ -392,7 +405,7 @@ def _is_input_companion(name: str) -> str | None:
 
 def _scan_inputs(root: Path) -> pd.DataFrame:
     rows: dict[tuple[str, str], dict[str, Any]] = {}
-    base = root / "inputs"
+    base = root / INPUTS
     if base.is_dir():
         for task_dir in sorted(p for p in base.iterdir() if p.is_dir()):
             for f in sorted(task_dir.glob("*.png")):
@@ -406,7 +419,7 @@ def _scan_inputs(root: Path) -> pd.DataFrame:
 
 def _scan_outputs(root: Path) -> pd.DataFrame:
     rows = []
-    base = root / "outputs"
+    base = root / OUTPUTS
     if base.is_dir():
         for mdir in sorted(p for p in base.iterdir() if p.is_dir()):
             for tdir in sorted(p for p in mdir.iterdir() if p.is_dir()):
@@ -433,7 +446,7 @@ def _num(v: Any) -> float:
 
 def _scan_failures(root: Path) -> pd.DataFrame:
     rows = []
-    base = root / "failures"
+    base = root / FAILURES
     if base.is_dir():
         for f in sorted(base.rglob("*.json")):
             rec = read_json(f, default=None)
@@ -474,21 +487,21 @@ def load_run(run_dir: str | Path) -> Run:
     root = Path(run_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"run directory {root} does not exist; run `python benchmark.py run` first")
-    manifest = read_json(root / "manifest.json", default={})
+    manifest = read_json(root / MANIFEST, default={})
     manifest = manifest if isinstance(manifest, dict) else {}
     ids = ("method", "task", "sample", "metric", "weights")
-    per_image = _read_csv(root / "metrics" / "per_image.csv", PER_IMAGE_COLUMNS, ids)
+    per_image = _read_csv(root / METRICS / PER_IMAGE_CSV, PER_IMAGE_COLUMNS, ids)
     per_image = per_image.dropna(subset=["method", "task", "metric"])
     per_image["value"] = pd.to_numeric(per_image["value"], errors="coerce")
-    distribution = _read_csv(root / "metrics" / "distribution.csv", DISTRIBUTION_COLUMNS,
+    distribution = _read_csv(root / METRICS / DISTRIBUTION_CSV, DISTRIBUTION_COLUMNS,
                              ("method", "task", "metric", "weights"))
     distribution = distribution.dropna(subset=["method", "task", "metric"])
     for c in ("value", "n_gen", "n_ref"):
         distribution[c] = pd.to_numeric(distribution[c], errors="coerce")
-    metric_info = read_json(root / "metrics" / "metric_info.json", default={})
+    metric_info = read_json(root / METRICS / METRIC_INFO, default={})
     metric_info = {str(k): v for k, v in metric_info.items() if isinstance(v, dict)} if isinstance(
         metric_info, dict) else {}
-    perf_path = root / "perf" / "perf.csv"
+    perf_path = root / PERF_CSV
     perf = (_read_csv(perf_path, PERF_COLUMNS, ("method", "preset", "device")) if perf_path.is_file()
             else pd.DataFrame(columns=PERF_COLUMNS))
     outputs = _scan_outputs(root)

@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from eval.harness.rundir import REPORT_HTML, REPORT_MD
 from eval.store import atomic_write_text
 
 from .aggregate import Run, count_failures, describe_manifest_value, load_run, summarize_run
@@ -56,6 +57,8 @@ class ReportData:
         rnd = {m for m in self.run.methods if self.run.method_weights(m) == "random"}
         if not self.summary.empty:
             rnd |= set(self.summary.loc[self.summary["weights"] == "random", "method"])
+        # a method without weights (identity) did not run with random weights, whatever its metrics' encoders
+        rnd -= {m for m in self.run.methods if str(self.run.method_info(m).get("weights_label")) in ("none", "n/a")}
         return [m for m in self.run.methods if m in rnd] + sorted(rnd - set(self.run.methods))
 
     @property
@@ -118,7 +121,7 @@ def write_report(run_dir: str | Path, *, n_boot: int = 1000, confidence: float =
     """
     data = build_report(run_dir, n_boot=n_boot, confidence=confidence, seed=seed, max_rows=max_rows,
                         figures=figures, quiet=quiet)
-    md_path, html_path = data.run.root / "report.md", data.run.root / "report.html"
+    md_path, html_path = data.run.root / REPORT_MD, data.run.root / REPORT_HTML
     atomic_write_text(md_path, render_markdown(data))
     atomic_write_text(html_path, render_html(data))
     return md_path, html_path

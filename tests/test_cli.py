@@ -42,7 +42,8 @@ def test_default_form_runs_evaluates_reports_and_report_regenerates(tmp_path):
              "--out", str(out), "--quiet", "--set", "sdedit.num_inference_steps=4")
     assert r.returncode == 0, r.stderr
     assert "report:" in r.stdout and (out / "report.html").exists() and (out / "report.md").exists()
-    for m in ("identity", "sdedit"):
+    sd = "sdedit[num_inference_steps=4]"  # a non-default option shows in the row label
+    for m in ("identity", sd):
         for t in ("sample-edit", "sample-paired"):
             assert len(list((out / "outputs" / m / t).glob("*.png"))) == 2
     per = pd.read_csv(out / "metrics" / "per_image.csv")
@@ -51,10 +52,11 @@ def test_default_form_runs_evaluates_reports_and_report_regenerates(tmp_path):
     dist = pd.read_csv(out / "metrics" / "distribution.csv")
     assert set(dist.metric) == {"fid", "kid"} and (dist.n_ref == 8).all()
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["methods"]["sdedit"]["config"]["num_inference_steps"] == 4
+    assert manifest["methods"][sd]["config"]["num_inference_steps"] == 4
+    assert manifest["methods"][sd]["method"] == "sdedit"
     stamps = {p: p.stat().st_mtime_ns for p in (out / "outputs").rglob("*")}
     md = (out / "report.md").read_text()
-    assert "sdedit" in md and "identity" in md and "random weights" in md.lower()
+    assert sd in md.replace("\\_", "_") and "identity" in md and "random weights" in md.lower()
     (out / "report.md").unlink()
     r = _cli("report", str(out))
     assert r.returncode == 0, r.stderr
@@ -70,7 +72,7 @@ def test_perf_prints_overhead_table_and_writes_csv(tmp_path):
     assert "overhead" in r.stdout
     df = pd.read_csv(tmp_path / "perf" / "perf.csv").set_index("method")
     assert df.loc["identity", "network_calls"] == "none" and pd.isna(df.loc["identity", "overhead"])
-    sd = df.loc["sdedit"]
+    sd = df.loc["sdedit[num_inference_steps=4]"]  # a variant is its own row
     calls = dict(part.split(" x") for part in sd["network_calls"].split(", "))
     # 4 PNDM steps at strength 0.5: the last half of PNDM's 5 timesteps (PLMS repeats its first one); CFG batched
     assert calls["vae.encoder"] == "1" and calls["vae.decoder"] == "1" and calls["unet"] in {"2", "3"}

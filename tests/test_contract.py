@@ -94,3 +94,14 @@ def test_card_and_instance_agree(model):
 def test_unknown_option_is_refused(model):
     with pytest.raises(methods.InputError, match="unknown option"):
         methods.create(model.card.name, preset="tiny", no_such_option=1)
+
+
+def test_pil_images_go_through_translate_images(model):
+    from PIL import Image
+
+    img = Image.new("RGB", (SIZE, SIZE), (120, 80, 40))
+    with pytest.raises(methods.InputError, match="translate_images"):
+        model.translate(img)
+    if model.card.name == "identity":  # the notebook path end to end on the cheapest method
+        out = model.translate_images([img], prompts="a dog", seed=0)
+        assert out[0].size == img.size and out[0].getpixel((0, 0)) == (120, 80, 40)

@@ -22,8 +22,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import benchmark
+import methods
 from datasets import Sample, Task, register_task
+from eval.harness import RunConfig, run
 from tests.conftest import ROOT
 
 RUN_ARGS = ["--methods", "identity", "sdedit", "--tasks", "sample-edit", "sample-unpaired", "--max-samples", "4",
@@ -87,15 +88,13 @@ def _samples(n: int = 5) -> list[Sample]:
 
 
 def test_out_of_memory_batch_is_retried_at_a_smaller_batch_size(tmp_path):
-    import methods
-
     plugin = tmp_path / "greedy.py"
     plugin.write_text(OOM_PLUGIN)
     methods.load_plugin(str(plugin))
     register_task(Task(name="test-oom", kind="text-edit", description="test", loader=_samples))
-    cfg = benchmark.RunConfig(methods=["greedy-test"], tasks=["test-oom"], out=tmp_path / "r", batch_size=5,
+    cfg = RunConfig(methods=["greedy-test"], tasks=["test-oom"], out=tmp_path / "r", batch_size=5,
                               quiet=True, evaluate=False)
-    run_dir = benchmark.run(cfg)
+    run_dir = run(cfg, registry=methods).run_dir
     cls = methods.get("greedy-test")
     assert cls.calls == [5, 3, 2, 1, 2]  # 5 -> OOM -> halves 3 (OOM -> 2 + 1) and 2
     sides = [json.loads(p.read_text()) for p in (run_dir / "outputs" / "greedy-test" / "test-oom").glob("*.json")]
@@ -195,9 +194,9 @@ def _corpus(folder: Path, seed: int = 0) -> dict[str, str]:
 
 def test_fuzzed_broken_inputs_give_clear_errors_and_the_run_goes_on(tmp_path):
     corpus = _corpus(tmp_path / "fuzz")
-    cfg = benchmark.RunConfig(methods=["identity"], tasks=[str(tmp_path / "fuzz")], out=tmp_path / "r", quiet=True,
+    cfg = RunConfig(methods=["identity"], tasks=[str(tmp_path / "fuzz")], out=tmp_path / "r", quiet=True,
                               evaluate=False)
-    run_dir = benchmark.run(cfg)
+    run_dir = run(cfg, registry=methods).run_dir
     outputs = {p.stem for p in (run_dir / "outputs" / "identity").rglob("*.png")}
     failures = {p.stem: json.loads(p.read_text()) for p in (run_dir / "failures").rglob("*.json")}
     for name, what in corpus.items():

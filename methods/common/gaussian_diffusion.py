@@ -65,7 +65,7 @@ def space_timesteps(num_timesteps: int, section_counts: str | Iterable[int]) -> 
 
 def fast27_timesteps() -> set[int]:
     """PITI's upsampler respacing "fast27": space_timesteps(1000, "10,10,3,2,2") with 999 replaced by 997
-    (spec piti_and_diffuseit.md A.6)."""
+    (the 27-step schedule PITI's sampler requests by that name for its upsampler)."""
     steps = space_timesteps(1000, FAST27_SECTIONS)
     steps.discard(999)
     steps.add(997)

@@ -3,7 +3,7 @@ pix2pix-turbo (paired; deterministic and stochastic sketch mode) and CycleGAN-Tu
 
 One SD-Turbo step turned into an image-to-image network: VAE encoder -> UNet at t=999 with a text prompt ->
 one-step scheduler -> VAE decoder, with encoder-to-decoder skip convs (1x1, init 1e-5) and LoRA on UNet and VAE
-(spec ../shared/specs/img2img_turbo_and_pix2pix_zero.md part A; authors' code GaParmar/img2img-turbo).
+(authors' code GaParmar/img2img-turbo).
 Both methods need trained weights: `benchmark.py train <method> --task ...` (or `fit`), an official checkpoint
 preset (`official.OFFICIAL`), or, for smoke tests, the untrained initialisation of the tiny preset, which is
 labelled "untrained" in `weights_id`.
@@ -61,10 +61,24 @@ class _TurboBase(Translator):
         self.history: list[dict[str, Any]] = []  # training log records of the last fit()
 
     @classmethod
-    def resolve_config(cls, preset: str = "paper", overrides: Any = None) -> dict[str, Any]:
-        official = OFFICIAL.get(preset)
-        base = dict(official.defaults) if official is not None else {}
-        return cls.card.resolve_config({**base, **(overrides or {})})
+    def preset_defaults(cls, preset: str) -> dict[str, Any]:
+        official = OFFICIAL.get(preset)  # an official checkpoint brings the inference options it was released with
+        return dict(official.defaults) if official is not None else {}
+
+    @classmethod
+    def weights_provenance(cls, source: str) -> Any:
+        """The base SD-Turbo snapshot alone is the untrained initialisation (LoRA and skip convs not learned)."""
+        prov = super().weights_provenance(source)
+        if str(source) == BASE_MODEL:
+            return type(prov)("untrained", prov.id)
+        return prov
+
+    @classmethod
+    def resolve_train_config(cls, preset: str, overrides: Any = None) -> dict[str, Any]:
+        """The options `fit` will use on `preset` (checked, without loading anything)."""
+        from .defaults import resolve_train_config
+
+        return resolve_train_config(cls.card.name, "tiny" if preset == "tiny" else "paper", overrides)
 
     @classmethod
     def from_pretrained(cls, source: str | PathLike | None = None, *, preset: str = "paper", device: str = "cpu",
@@ -75,15 +89,11 @@ class _TurboBase(Translator):
         from .convert import load_model
 
         config = cls.resolve_config(preset, overrides)
-        cls._validate(config)
         src = source if source is not None else cls.card.weights_for(preset)
         ranks = init_ranks(cls.card.name, "tiny" if str(src).startswith("tiny:") else "paper")
         loaded = load_model(cls.card.name, src, base=base, device=device, dtype=dtype, init_ranks=ranks)
         return cls(loaded, config, preset, device, parse_dtype(dtype))
 
-    @classmethod
-    def _validate(cls, config: dict[str, Any]) -> None:
-        """Subclasses check their option values (the base has none to check)."""
 
     @property
     def trained(self) -> bool:
@@ -127,7 +137,7 @@ class Pix2PixTurbo(_TurboBase):
     )
 
     @classmethod
-    def _validate(cls, config: dict[str, Any]) -> None:
+    def validate_config(cls, config: Any) -> None:
         if config["mode"] not in MODES:
             raise InputError(f"pix2pix-turbo: mode must be one of {MODES}, got {config['mode']!r}")
         if config["condition_prep"] not in CONDITION_PREPS:
@@ -202,7 +212,7 @@ class CycleGANTurbo(_TurboBase):
     )
 
     @classmethod
-    def _validate(cls, config: dict[str, Any]) -> None:
+    def validate_config(cls, config: Any) -> None:
         if config["prompt"] not in ("fixed", "input"):
             raise InputError(f"cyclegan-turbo: prompt must be 'fixed' or 'input', got {config['prompt']!r}")
         res = config["resolution"]

@@ -6,7 +6,7 @@ Project format (a directory; `from_pretrained(dir)` loads it):
   model.safetensors  the trainable tensors only (UNet LoRA + conv_in, VAE LoRA + skip convs, per VAE), float32;
                      the frozen rest comes from the base snapshot named in config.json.
 
-Official formats (spec A.8; read with `torch.load(weights_only=True)`, never executing code):
+Official formats (read with `torch.load(weights_only=True)`, never executing code):
   paired   {unet_lora_target_modules, vae_lora_target_modules, rank_unet, rank_vae,
             state_dict_unet (keys with "lora" or "conv_in"), state_dict_vae (keys with "lora" or "skip")}
            (`Pix2Pix_Turbo.save_model`); the stochastic sketch model's conv_in is a TwinConv
@@ -15,7 +15,7 @@ Official formats (spec A.8; read with `torch.load(weights_only=True)`, never exe
             sd_decoder, sd_other (PEFT state dicts, adapter name removed), rank_vae, vae_lora_target_modules,
             sd_vae_enc, sd_vae_dec (full state dicts of `VAE_encode`/`VAE_decode`: both VAEs, keys vae.* and
             vae_b2a.*)} (train_cyclegan_turbo.py). They do not contain the trained UNet conv_in base weights
-            (upstream bug, spec A.8): an imported model runs the pretrained conv_in + its LoRA, exactly as the
+            (upstream bug): an imported model runs the pretrained conv_in + its LoRA, exactly as the
             authors' loader does. Our own checkpoints save conv_in (fixed).
 """
 

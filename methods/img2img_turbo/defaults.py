@@ -1,8 +1,8 @@
 """Hyper-parameters of pix2pix-turbo and CycleGAN-Turbo, each with its source (no torch import).
 
 Inference options are the methods' card defaults; training options are what `fit(data, config)` accepts
-(`benchmark.py train METHOD --set METHOD.option=value`). Sources: "spec" is
-../shared/specs/img2img_turbo_and_pix2pix_zero.md; "training_utils.py" is GaParmar/img2img-turbo at 86f5414,
+(`benchmark.py train METHOD --set METHOD.option=value`). Sources:
+"training_utils.py" is GaParmar/img2img-turbo at 86f5414,
 `src/my_utils/training_utils.py` (argparse defaults); docs/training_*.md are its example commands.
 """
 
@@ -11,26 +11,26 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..base import HParam, InputError
+from ..base import HParam, InputError, resolve_options
 
 _TU = "training_utils.py parse_args_paired_training"
 _TUU = "training_utils.py parse_args_unpaired_training"
 
 PAIRED_INFERENCE = {
-    "mode": HParam("deterministic", "spec A.5: Pix2Pix_Turbo.forward(deterministic=True) for edge_to_image and custom "
+    "mode": HParam("deterministic", "Pix2Pix_Turbo.forward(deterministic=True) for edge_to_image and custom "
                    "paired models; 'stochastic' = the sketch_to_image_stochastic model (noise mixing with r)"),
-    "r": HParam(0.4, "spec A.5: inference_paired.py --gamma 0.4 (Gradio 'Sketch guidance' default 0.4); "
+    "r": HParam(0.4, "inference_paired.py --gamma 0.4 (Gradio 'Sketch guidance' default 0.4); "
                 "stochastic mode only: LoRA scale, conv_in blend, noise mix and skip gamma"),
-    "condition_prep": HParam("none", "spec A.5/A.9 inference_paired.py: custom models take F.to_tensor(img) as is "
+    "condition_prep": HParam("none", "inference_paired.py: custom models take F.to_tensor(img) as is "
                              "('none'); edge_to_image runs canny_from_pil(img, low, high) ('canny'); the sketch model "
                              "binarises F.to_tensor(img) < 0.5, dark strokes -> 1 ('sketch')"),
-    "canny_low": HParam(100, "spec A.9: inference_paired.py --low_threshold 100 (image_prep.canny_from_pil)"),
-    "canny_high": HParam(200, "spec A.9: inference_paired.py --high_threshold 200"),
+    "canny_low": HParam(100, "inference_paired.py --low_threshold 100 (image_prep.canny_from_pil)"),
+    "canny_high": HParam(200, "inference_paired.py --high_threshold 200"),
 }
 UNPAIRED_INFERENCE = {
-    "prompt": HParam("fixed", "spec A.7/A.9: the a->b generator is conditioned on the fixed caption of domain B (b->a: "
-                     "A) it was trained with; issue #81: other prompts change the output. 'input' = the batch's "
-                     "target prompt (inference_unpaired.py --prompt with --model_path)"),
+    "prompt": HParam("fixed", "the a->b generator is conditioned on the fixed caption of domain B (b->a: "
+                     "A) it was trained with; upstream issue #81: other prompts change the output. 'input' = the "
+                     "batch's target prompt (inference_unpaired.py --prompt with --model_path)"),
     "resolution": HParam(None, "None: translate at the input size (docs/training_cyclegan_turbo.md --val_img_prep "
                          "no_resize); official driving models: 512 (inference_unpaired.py --image_prep "
                          "resize_512x512, output resized back to the input size)"),
@@ -45,7 +45,7 @@ _COMMON_TRAIN = {
     "lr_warmup_steps": HParam(500, "training_utils.py --lr_warmup_steps (ignored by 'constant')"),
     "lr_num_cycles": HParam(1, "training_utils.py --lr_num_cycles"),
     "lr_power": HParam(1.0, "training_utils.py --lr_power"),
-    "lora_rank_vae": HParam(4, "training_utils.py --lora_rank_vae 4 (spec A.4)"),
+    "lora_rank_vae": HParam(4, "training_utils.py --lora_rank_vae 4"),
     "gradient_accumulation_steps": HParam(1, "training_utils.py --gradient_accumulation_steps"),
     "gradient_checkpointing": HParam(False, "training_utils.py --gradient_checkpointing (upstream: UNet only; here "
                                      "UNet and VAEs)"),
@@ -53,7 +53,7 @@ _COMMON_TRAIN = {
                               "weights); upstream paired --mixed_precision None, unpaired hard-codes float32"),
     "allow_tf32": HParam(False, "training_utils.py --allow_tf32"),
     "output_dir": HParam(None, "where checkpoints/, samples/ and train_log.jsonl go; None = no files"),
-    "resume": HParam(True, "resume from the latest output_dir/checkpoints/step-* (upstream has none: issue themes)"),
+    "resume": HParam(True, "resume from the latest output_dir/checkpoints/step-* (upstream has none)"),
     "checkpoints_total_limit": HParam(2, "ours: keep the last N resumable checkpoints"),
     "dataloader_num_workers": HParam(0, "training_utils.py --dataloader_num_workers"),
     "quiet": HParam(False, "ours: no progress bar"),
@@ -61,7 +61,7 @@ _COMMON_TRAIN = {
 }
 
 PAIRED_TRAIN = {
-    "lambda_l2": HParam(1.0, f"{_TU} --lambda_l2 (F.mse_loss, spec A.6)"),
+    "lambda_l2": HParam(1.0, f"{_TU} --lambda_l2 (F.mse_loss)"),
     "lambda_lpips": HParam(5.0, f"{_TU} --lambda_lpips (LPIPS-VGG)"),
     "lambda_clipsim": HParam(5.0, f"{_TU} --lambda_clipsim (1 - CLIP ViT-B/32 cosine with the caption)"),
     "lambda_gan": HParam(0.5, f"{_TU} --lambda_gan"),
@@ -89,7 +89,7 @@ UNPAIRED_TRAIN = {
     "lambda_idt_lpips": HParam(1.0, f"{_TUU} --lambda_idt_lpips"),
     "gan_loss_type": HParam("multilevel_sigmoid", f"{_TUU} --gan_loss_type"),
     "lora_rank_unet": HParam(128, f"{_TUU} --lora_rank_unet"),
-    "learning_rate": HParam(5e-6, f"{_TUU} --learning_rate (doc command and issue #87 rerun: 1e-5)"),
+    "learning_rate": HParam(5e-6, f"{_TUU} --learning_rate (doc command and upstream issue #87 rerun: 1e-5)"),
     "max_grad_norm": HParam(10.0, f"{_TUU} --max_grad_norm"),
     "train_batch_size": HParam(4, f"{_TUU} --train_batch_size (doc command: 1)"),
     "max_train_steps": HParam(None, f"{_TUU} --max_train_steps None = bounded by epochs (doc command: 25000)"),
@@ -127,14 +127,9 @@ def train_defaults(method: str, preset: str) -> dict[str, HParam]:
 
 
 def resolve_train_config(method: str, preset: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    table = train_defaults(method, preset)
-    config = {k: hp.value for k, hp in table.items()}
-    for k, v in (overrides or {}).items():
-        if v is None:
-            continue
-        if k not in config:
-            raise InputError(f"{method} training: unknown option {k!r}; known options: {', '.join(sorted(config))}")
-        config[k] = v
+    """The training options through the methods' one resolver (defaults -> tiny overlay -> overrides ->
+    coercion), then checked."""
+    config = resolve_options(f"{method} training", train_defaults(method, preset), overrides)
     if config["mixed_precision"] not in ("no", "bf16", "fp16"):
         raise InputError(f"{method} training: mixed_precision must be 'no', 'bf16' or 'fp16'")
     return config

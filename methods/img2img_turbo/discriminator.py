@@ -3,7 +3,7 @@
 Reference: `vision_aided_loss.Discriminator(cv_type='clip', output_type='conv_multi_level', diffaug=True)`
 (nupurkmr9/vision-aided-gan, `vision_aided_loss/cvmodel.py`, `cv_discriminator.py`, `cv_losses.py`), used by
 img2img-turbo's training scripts with `loss_type='multilevel_sigmoid_s'` (paired) / `'multilevel_sigmoid'`
-(unpaired) (spec A.6).
+(unpaired).
 
 - Backbone: the frozen CLIP ViT-B/32 visual tower (`eval.clip.IMG2IMG_TURBO_CLIP`; the tiny preset uses the tiny
   open_clip ViT). Input x in [-1, 1] -> DiffAugment('color,translation,cutout') -> x*0.5+0.5 ->

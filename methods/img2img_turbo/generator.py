@@ -1,6 +1,6 @@
 """The one-step generator of img2img-turbo, built from diffusers modules (imports torch: load lazily).
 
-Spec: ../shared/specs/img2img_turbo_and_pix2pix_zero.md part A; authors' code GaParmar/img2img-turbo
+Authors' code GaParmar/img2img-turbo
 (`src/model.py`, `src/pix2pix_turbo.py`, `src/cyclegan_turbo.py`).
 
     x --VAE encoder (+ the input activation of each down block)--> z = posterior sample * scaling_factor
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-# --- LoRA targets (spec A.4) ------------------------------------------------------------------------------------
+# --- LoRA targets -----------------------------------------------------------------------------------------------
 #: pix2pix_turbo.py, fresh model: `target_modules_unet` (adapter "default", r = --lora_rank_unet 8, PEFT alpha 8).
 UNET_TARGETS_PAIRED = ("to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_shortcut", "conv_out",
                        "proj_in", "proj_out", "ff.net.2", "ff.net.0.proj")
@@ -49,7 +49,7 @@ PEFT_DEFAULT_ALPHA = 8  # LoraConfig.lora_alpha default (peft >= 0.6; read in pe
 class SkipEncoder(nn.Module):
     """A diffusers VAE `Encoder` that also returns the input activation of each down block (`my_vae_encoder_fwd`).
 
-    The activations are: the output of `conv_in` and the outputs of down blocks 0 .. n-2 (spec A.2).
+    The activations are: the output of `conv_in` and the outputs of down blocks 0 .. n-2.
     """
 
     def __init__(self, encoder: nn.Module):
@@ -78,7 +78,7 @@ class SkipDecoder(nn.Module):
     """A diffusers VAE `Decoder` with the img2img-turbo skip convs (`my_vae_decoder_fwd`).
 
     Before up block i the decoder adds `skip_conv_{i+1}(skips[::-1][i] * gamma)` (1x1, no bias): deepest encoder
-    activation first. SD's VAE gives 512->512, 256->512, 128->512, 128->256 (spec A.2 table); the channel counts are
+    activation first. SD's VAE gives 512->512, 256->512, 128->512, 128->256; the channel counts are
     read from the blocks, so smaller VAEs (the tiny preset) work the same way.
     """
 
@@ -199,7 +199,7 @@ def seeded(seed: int) -> Iterator[None]:
 class OneStepScheduler:
     """`make_1step_sched()`: the snapshot's scheduler config read as a `DDPMScheduler`, one step from t = T-1.
 
-    At t=999 the previous timestep is -1, so alpha_prev = 1 and the step returns the predicted x0 (spec A.3). We
+    At t=999 the previous timestep is -1, so alpha_prev = 1 and the step returns the predicted x0. We
     compute that x0 in closed form, honouring the config's prediction type and `clip_sample`, and drop the DDPM
     variance term, whose std at this step is clamp(0, 1e-20) ** 0.5 = 1e-10: a deliberate deviation that makes the
     output deterministic (upstream draws that negligible noise from the global RNG).
@@ -352,7 +352,7 @@ class TurboGenerator(nn.Module):
     def stochastic(self, r: float) -> Iterator[None]:
         """Scale the UNet LoRA and the VAE LoRA by r and blend conv_in with r (pix2pix_turbo.py forward,
         deterministic=False); everything is restored afterwards, also on error (upstream leaves gamma and the
-        adapter weights at r, so a later deterministic call silently ran with them: spec A.5 quirk)."""
+        adapter weights at r, so a later deterministic call silently ran with them: an upstream quirk)."""
         from diffusers.utils.peft_utils import set_weights_and_activate_adapters
 
         conv_in = self.unet.conv_in

@@ -1,6 +1,6 @@
 """Training of pix2pix-turbo (paired) and CycleGAN-Turbo (unpaired) under Hugging Face Accelerate (imports torch).
 
-Follows the authors' loops (spec A.6; GaParmar/img2img-turbo `src/train_pix2pix_turbo.py`,
+Follows the authors' loops (GaParmar/img2img-turbo `src/train_pix2pix_turbo.py`,
 `src/train_cyclegan_turbo.py`):
 
 paired, per batch:   (1) L2 * 1 + LPIPS-VGG * 5 + CLIP-sim * 5 -> G step; (2) fresh forward, GAN-G * 0.5 -> G step;
@@ -9,7 +9,7 @@ unpaired, per batch: (1) cycle L1 * 1 + LPIPS * 10, both ways -> G step; (2) GAN
                      (3) identity L1 * 1 + LPIPS * 1 -> G step; (4) D fakes -> D step; (5) D reals -> D step.
                      (Three generator optimizer steps per batch, the lr scheduler stepped with each.)
 
-Fixed upstream bugs (issue #56, PR #62; spec A.6, A.8), said again where the code does it:
+Fixed upstream bugs (GaParmar/img2img-turbo issue #56, PR #62), said again where the code does it:
 - the generator's adversarial backward never reaches the discriminator: during G steps the discriminator heads
   are frozen (requires_grad=False) and called unwrapped, so no gradient is left in them (upstream pix2pix leaves
   them in and then steps D with them; upstream CycleGAN zeroes them after the fact);

@@ -190,6 +190,13 @@ class PITI(Translator):
         return TranslationOutput(images=torch.stack(images).to(torch.float32), extras=extras)
 
     # -- training (methods/piti/training.py) ---------------------------------------------------------------
+    @classmethod
+    def resolve_train_config(cls, preset: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The options `fit` will use on `preset` (checked, without loading anything)."""
+        from .training import resolve_train_config
+
+        return resolve_train_config(overrides, "tiny" if preset == "tiny" else "paper")
+
     def fit(self, data: Any, config: Mapping[str, Any], *, callback: Any = None) -> None:
         """Two-stage finetuning of the encoder / decoder (spec A.3); see `training.py`."""
         from .training import fit

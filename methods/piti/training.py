@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..base import HParam, InputError
+from ..base import HParam, InputError, resolve_options
 
 STAGES = ("stage1", "stage1-cont", "stage2", "upsampler")
 _SH = "mask_finetune_base.sh / sketch_finetune_base.sh"
@@ -149,14 +149,7 @@ def train_defaults(preset: str = "paper") -> dict[str, HParam]:
 
 def resolve_train_config(overrides: Mapping[str, Any] | None, preset: str = "paper") -> dict[str, Any]:
     """Defaults (+ the stage's) updated with `overrides`; unknown keys and bad values raise InputError."""
-    table = train_defaults(preset)
-    cfg = {k: hp.value for k, hp in table.items()}
-    for k, v in (overrides or {}).items():
-        if v is None:
-            continue
-        if k not in cfg:
-            raise InputError(f"piti training: unknown option {k!r}; known options: {', '.join(sorted(cfg))}")
-        cfg[k] = v
+    cfg = resolve_options("piti training", train_defaults(preset), overrides)  # the methods' one resolver
     stage = cfg["stage"]
     if stage not in STAGES:
         raise InputError(f"piti training: stage must be one of {', '.join(STAGES)}, got {stage!r}")

@@ -1,0 +1,44 @@
+"""The project's shared words, defined once: task kinds, metric names, image file extensions, and where a
+method's weights come from. `methods`, `datasets`, `eval` and `reports` all import these (this module imports
+nothing)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: What a task asks of a method (a MethodCard lists the kinds it can run; a Task has one).
+KINDS = ("unpaired", "paired", "text-edit", "image-guided", "mask-to-image", "sketch-to-image")
+
+#: The registered metrics' names, in table order.
+METRICS = ("fid", "kid", "dino_struct", "dino_struct_v2", "clip_score", "clip_directional", "clip_accuracy", "lpips",
+           "psnr", "ssim")
+
+#: Image files the loaders read (clean-fid's set; matched case-insensitively).
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
+
+#: Where a method's weights come from.
+#:   real                trained weights (the authors' release in the project's format, or a `train` checkpoint)
+#:   converted-official  the authors' checkpoint file in its own format, converted on load (.pkl / .pt)
+#:   untrained           the method's initialisation on real base weights (e.g. img2img-turbo's LoRA before
+#:                       training): runs, but not the method
+#:   random              tiny presets' random networks: a smoke test of the pipeline, not comparable to papers
+#:   none                the method has no weights (identity)
+WEIGHTS_KINDS = ("real", "converted-official", "untrained", "random", "none")
+
+
+@dataclass(frozen=True)
+class WeightsProvenance:
+    """Where one method's weights come from: a `WEIGHTS_KINDS` value and the weights id (hub id + revision,
+    file hash, tiny preset version) that the output cache keys on."""
+
+    kind: str
+    id: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in WEIGHTS_KINDS:
+            raise ValueError(f"weights kind {self.kind!r} is not one of {', '.join(WEIGHTS_KINDS)}")
+
+    @property
+    def comparable(self) -> bool:
+        """Whether numbers made with these weights can stand next to a paper's."""
+        return self.kind in ("real", "converted-official", "none")
