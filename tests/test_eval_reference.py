@@ -229,3 +229,49 @@ def test_psnr_and_ssim_equal_recorded_scikit_image_values():
         got = float(ssim(x, targets=y)[0])
         assert got == pytest.approx(s_ref, abs=1e-6), name
         assert abs(got - s_default) > 0.005  # skimage's default window is another SSIM: the card must say which
+
+
+# --- FID / KID / LPIPS with the real weights: values recorded from clean-fid and lpips --------------------------------
+
+# clean-fid 0.1.35 compute_fid(gen, ref, mode="clean", custom_feat_extractor=<the fetched TF-FID Inception>) and
+# kernel_distance (np.random.seed(0)) on its get_folder_features; lpips 0.1.4 LPIPS(net)(y*2-1, x*2-1) with the fetched
+# backbone; SciPy 1.17.1, numpy 2.4.6, torch 2.14.1 CPU. ref = 6 PNG-sourced photos (astronaut 512x512, chelsea
+# 300x451, coffee 400x600, immunohistochemistry 512x512, stereo_motorcycle left/right 500x741), gen = the same
+# photos mirrored and PIL-bicubic halved.
+CLEAN_FID_REAL = {"fid": 39.110087846524266, "kid": -0.10028312355279922}
+LPIPS_REAL = {("alex", "chelsea"): 0.17393219470977783, ("alex", "coffee"): 0.09582612663507462,
+              ("vgg", "chelsea"): 0.22514893114566803, ("vgg", "coffee"): 0.17427611351013184}
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_real_weights_fid_kid_lpips_equal_recorded_reference_values(tmp_path):
+    from skimage import data
+
+    from eval.assets import fetch
+    from eval.encoders import clear_encoder_cache
+    from eval.metrics import compute_fid, compute_kid, get_metric
+
+    fetch(quiet=True)
+    clear_encoder_cache()
+    left, right, _ = data.stereo_motorcycle()
+    photos = {"astronaut": data.astronaut(), "chelsea": data.chelsea(), "coffee": data.coffee(),
+              "ihc": data.immunohistochemistry(), "moto_left": left, "moto_right": right}
+    ref, gen = tmp_path / "photos", tmp_path / "gen"
+    ref.mkdir()
+    gen.mkdir()
+    for name, arr in photos.items():
+        Image.fromarray(arr).save(ref / f"{name}.png")
+        im = Image.fromarray(np.ascontiguousarray(arr[:, ::-1]))
+        im.resize((im.width // 2, im.height // 2), Image.BICUBIC).save(gen / f"{name}.png")
+    fid = compute_fid(gen, ref, preset="paper", cache=False)
+    kid = compute_kid(gen, ref, preset="paper", cache=False)
+    assert fid["weights"] == "real" and (fid["n_gen"], fid["n_ref"]) == (6, 6)
+    assert fid["value"] == pytest.approx(CLEAN_FID_REAL["fid"], abs=1e-4)  # measured |diff| 2.2e-7
+    assert kid["value"] == pytest.approx(CLEAN_FID_REAL["kid"], abs=1e-5)  # measured |diff| 2.1e-7
+    assert "2048" in fid["note"]
+    for (net, name), value in LPIPS_REAL.items():
+        arr = photos[name]
+        got = get_metric("lpips", preset="paper", net=net)(_t(_degrade(arr, 1)), inputs=_t(arr))
+        assert float(got[0]) == pytest.approx(value, abs=1e-6), (net, name)  # measured 0
+    clear_encoder_cache()
