@@ -30,7 +30,7 @@ def _photos() -> dict[str, np.ndarray]:
 
     return {"chelsea": data.chelsea(), "coffee": data.coffee(), "rocket": data.rocket(),
             "china": load_sample_image("china.jpg"),
-            "chelsea_tall": np.ascontiguousarray(data.chelsea()[:, :300].transpose(1, 0, 2)),
+            "chelsea_tall": np.ascontiguousarray(data.chelsea().transpose(1, 0, 2)),
             "small": np.ascontiguousarray(data.coffee()[::6, ::6][:64, :96]),
             "square": np.ascontiguousarray(data.astronaut()[::2, ::2])}
 
@@ -82,6 +82,12 @@ def test_clip_reference_preprocess_equals_open_clip_preprocess_on_photos(tiny_op
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
     assert torch.allclose(ours.preprocess_reference(_t(_photos()["chelsea"])), (_t(crop) - mean) / std, atol=1e-6)
+    # the two paths stay apart: the metrics' reference path has no gradient, the losses' tensor path has one and is
+    # not the reference on non-square images
+    x = _t(_photos()["chelsea"]).requires_grad_(True)
+    assert not ours.encode_image_reference(x).requires_grad
+    assert ours.encode_image(x).requires_grad
+    assert (ours.preprocess(x) - ours.preprocess_reference(x)).abs().max() > 0.1
 
 
 def test_clip_metrics_equal_open_clip_pipeline_on_non_square_photos(tiny_open_clip):
