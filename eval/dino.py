@@ -8,8 +8,10 @@ the descriptors of the output and of the input. DiffuseIT also uses the [CLS] to
 before the final LayerNorm). Weights load through timm (`vit_base_patch8_224.dino`, the same DINO ViT-B/8 weights
 torch.hub's `dino_vitb8` serves) so no torch.hub call is needed. Gradients flow to the input (losses).
 
-Input contract of `prepare`: float B x 3 x H x W in [0, 1]; the named preprocessing variant then scales, resizes
-(aspect kept) and ImageNet-normalises. `keys`/`cls_token` take the prepared tensor.
+Input contract of `prepare`: float B x 3 x H x W in [0, 1]; the named variant (DinoPreprocess: "splice" default,
+"img2img-turbo", "pie-bench", "antialiased") then scales, resizes (aspect kept) and ImageNet-normalises, and names
+the position-embedding interpolation `self_similarity` uses (DINO hub's own or timm's). `keys`/`cls_token` take the
+prepared tensor.
 """
 
 from __future__ import annotations
@@ -223,7 +225,8 @@ class DinoExtractor(nn.Module):
         return block % self.num_blocks
 
     def prepare(self, images: torch.Tensor, variant: str | DinoPreprocess = DEFAULT_VARIANT) -> torch.Tensor:
-        """[0,1] images -> the network input of the named preprocessing variant (differentiable)."""
+        """[0,1] images -> the network input of the named preprocessing variant (differentiable unless the variant
+        resizes PIL images, as "img2img-turbo" does)."""
         return get_preprocess(variant)(images)
 
     def _capture(self, x: torch.Tensor, module: nn.Module, block: int, pos_interpolation: str = "timm"
