@@ -17,7 +17,7 @@ Layouts (a root folder holding):
   ``target``. CSV has a header row with a ``filename`` column and any of the same keys as columns; empty cells
   mean "not given".
 
-Images are globbed by extension (jpg, jpeg, png, bmp, gif, webp, case-insensitive); hidden files (leading ".")
+Images are globbed by extension (eval.vocab.IMAGE_EXTENSIONS, case-insensitive); hidden files (leading ".")
 and sub-folders are ignored. Sample ids are file stems and must be unique per folder. Structural problems
 (missing folders, prompt mismatches, unpaired inputs) are raised as `DataError` when the loader is called;
 pixels are read lazily when a sample is accessed, so a large folder can be sliced cheaply.

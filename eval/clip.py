@@ -1,14 +1,24 @@
 """One CLIP wrapper (open_clip) for the CLIP metrics and for the CLIP losses of img2img-turbo and DiffuseIT.
 
 Model ids are "<open_clip arch>/<pretrained tag>" (e.g. "ViT-B-32/openai"), or open_clip's "hf-hub:org/repo" /
-"local-dir:/path" schemas. `encode_image` takes float B x 3 x H x W in [0, 1] and does CLIP's own resize and
-normalisation differentiably (so it can serve as a loss); `encode_text` tokenises with open_clip's tokenizer (the
-real 49408-token BPE, also for the tiny preset; prompts longer than the context are truncated).
+"local-dir:/path" schemas. `encode_text` tokenises with open_clip's tokenizer (the real 49408-token BPE, also for the
+tiny preset; prompts longer than the context are truncated). Images go in as float B x 3 x H x W in [0, 1] through
+one of two paths, kept apart on purpose:
 
-Image preprocessing modes of `encode_image`:
-  "shortest" (default, CLIP/open_clip/torchmetrics): resize the short side to the model's size (bicubic, antialiased,
-      clamped to [0, 1]), centre-crop, normalise with the model's mean/std (OpenAI's for OpenAI weights). Equal to
-      open_clip's PIL transform up to PIL's uint8 quantisation;
+Reference path (the CLIP metrics): `encode_image_reference` / `preprocess_reference`. Each image is quantised to
+uint8 (round(x * 255), what saving it as PNG does; images read from 8-bit files come back bit-exact) and passed
+through open_clip's own eval transform built from the model's preprocess config (`open_clip.image_transform`, the
+`preprocess` that `open_clip.create_model_and_transforms` returns). For OpenAI/open_clip weights that is OpenAI CLIP's
+`_transform`: PIL bicubic resize of the shorter side to 224 with the long side truncated
+(torchvision `_compute_resized_output_size`: int(224 * long / short)), centre crop 224 with the offset rounded
+(torchvision `center_crop`: int(round((h - 224) / 2))), RGB, ToTensor (/255), Normalize(mean, std). The same
+numbers as CLIPScore / the OpenAI and open_clip preprocessing give on the saved files, at any image size. Not
+differentiable.
+
+Differentiable path (the losses): `encode_image(images, resize=...)` / `preprocess(images, resize)`, tensor ops:
+  "shortest": bicubic antialiased tensor resize of the short side (long side rounded), centre crop (offset floored),
+      clamp to [0, 1], normalise. Close to the reference path (equal on squares up to uint8 quantisation) but not
+      equal on non-square images: use it for gradients (DiffuseIT's CLIP losses), not for reported numbers;
   "squash": bilinear resize straight to size x size without antialiasing (img2img-turbo's CLIP-similarity loss);
   "none": the input must already be size x size (e.g. DiffuseIT's random crops); only normalised.
 """
@@ -110,9 +120,48 @@ class ClipModel(nn.Module):
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.register_buffer("mean", torch.tensor(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(cfg.get("std", open_clip.OPENAI_DATASET_STD)).view(1, 3, 1, 1))
+        self.preprocess_cfg = {"size": self.image_size, "mean": tuple(self.mean.flatten().tolist()),
+                               "std": tuple(self.std.flatten().tolist()),
+                               "interpolation": cfg.get("interpolation", "bicubic"),
+                               "resize_mode": cfg.get("resize_mode", "shortest"),
+                               "fill_color": cfg.get("fill_color", 0)}
+        # open_clip's eval transform for this model: the `preprocess` of open_clip.create_model_and_transforms
+        self.reference_transform = open_clip.image_transform(
+            self.image_size, is_train=False, mean=self.preprocess_cfg["mean"], std=self.preprocess_cfg["std"],
+            resize_mode=self.preprocess_cfg["resize_mode"], interpolation=self.preprocess_cfg["interpolation"],
+            fill_color=self.preprocess_cfg["fill_color"])
+
+    def describe_reference(self) -> str:
+        """The reference preprocessing in words (metric cards and reports)."""
+        c = self.preprocess_cfg
+        mean = tuple(round(v, 4) for v in c["mean"])
+        std = tuple(round(v, 4) for v in c["std"])
+        if c["resize_mode"] == "shortest":
+            geometry = (f"PIL {c['interpolation']} resize of the shorter side to {c['size']} (long side truncated), "
+                        f"centre crop {c['size']} (offset rounded)")
+        else:
+            geometry = f"open_clip resize_mode={c['resize_mode']!r} to {c['size']} ({c['interpolation']})"
+        return (f"open_clip eval preprocess on uint8 images (float [0,1] rounded to uint8 first): {geometry}, "
+                f"ToTensor, Normalize(mean={mean}, std={std})")
+
+    def preprocess_reference(self, images: torch.Tensor) -> torch.Tensor:
+        """[0,1] B x 3 x H x W -> open_clip's own eval preprocessing of the uint8 images (not differentiable)."""
+        import numpy as np
+        from PIL import Image
+
+        u8 = (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        out = [self.reference_transform(Image.fromarray(np.ascontiguousarray(im))) for im in u8]
+        return torch.stack(out).to(device=self.mean.device, dtype=self.mean.dtype)
+
+    def encode_image_reference(self, images: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
+        """Image embeddings B x E with the reference preprocessing (the CLIP metrics); no gradients."""
+        with torch.no_grad():
+            emb = self.model.encode_image(self.preprocess_reference(images))
+        return F.normalize(emb, dim=-1) if normalize else emb
 
     def preprocess(self, images: torch.Tensor, resize: str = "shortest") -> torch.Tensor:
-        """[0,1] B x 3 x H x W -> the model's normalised size x size input (differentiable)."""
+        """[0,1] B x 3 x H x W -> the model's normalised size x size input (differentiable; the losses' path,
+        see the module docstring; the metrics use `preprocess_reference`)."""
         s = self.image_size
         if resize == "shortest":
             h, w = images.shape[-2:]
@@ -132,7 +181,7 @@ class ClipModel(nn.Module):
         return (x - self.mean) / self.std
 
     def encode_image(self, images: torch.Tensor, *, normalize: bool = True, resize: str = "shortest") -> torch.Tensor:
-        """Image embeddings B x E of [0,1] images (L2-normalised unless normalize=False); differentiable."""
+        """Image embeddings B x E of [0,1] images (L2-normalised unless normalize=False); differentiable (losses)."""
         emb = self.model.encode_image(self.preprocess(images, resize))
         return F.normalize(emb, dim=-1) if normalize else emb
 
@@ -215,9 +264,7 @@ def _load_clip(model_id: str, preset: str, device: str, source: str | Path | Non
 
 def _finish(model: nn.Module, tokenizer, info: EncoderInfo, model_id: str, device: str) -> ClipModel:
     clip = ClipModel(model, tokenizer, info, model_id)
-    desc = (f"float Bx3xHxW in [0,1] -> short side {clip.image_size} bicubic+antialias, centre crop, "
-            f"normalise mean={tuple(round(v, 4) for v in clip.mean.flatten().tolist())} "
-            f"std={tuple(round(v, 4) for v in clip.std.flatten().tolist())}; text: open_clip BPE tokenizer, "
+    desc = (f"{clip.describe_reference()}; text: open_clip BPE tokenizer, "
             f"context {getattr(tokenizer, 'context_length', 77)}")
     clip.info = EncoderInfo(**{**info.as_dict(), "preprocessing": desc})
     return freeze(clip.to(device))

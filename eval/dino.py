@@ -8,8 +8,10 @@ the descriptors of the output and of the input. DiffuseIT also uses the [CLS] to
 before the final LayerNorm). Weights load through timm (`vit_base_patch8_224.dino`, the same DINO ViT-B/8 weights
 torch.hub's `dino_vitb8` serves) so no torch.hub call is needed. Gradients flow to the input (losses).
 
-Input contract of `prepare`: float B x 3 x H x W in [0, 1]; the named preprocessing variant then scales, resizes
-(aspect kept) and ImageNet-normalises. `keys`/`cls_token` take the prepared tensor.
+Input contract of `prepare`: float B x 3 x H x W in [0, 1]; the named variant (DinoPreprocess: "splice" default,
+"img2img-turbo", "pie-bench", "antialiased") then scales, resizes (aspect kept) and ImageNet-normalises, and names
+the position-embedding interpolation `self_similarity` uses (DINO hub's own or timm's). `keys`/`cls_token` take the
+prepared tensor.
 """
 
 from __future__ import annotations
@@ -77,40 +79,88 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+POS_INTERPOLATIONS = ("dino", "timm")
+
+
 @dataclass(frozen=True)
 class DinoPreprocess:
-    """A named DINO preprocessing variant: scale the [0,1] input, resize (short side, aspect kept), normalise.
+    """A named DINO-struct variant: how the [0,1] input reaches the ViT, and how its position embeddings are resized.
 
-    The published implementations differ here, which makes their numbers incomparable (specs §2.1):
-    "splice" (default; Splice, DiffuseIT, img2img-turbo's range): [0,1], Resize(224, max_size=480);
-    "img2img-turbo": [0,1], Resize(224) without max_size (it resizes PIL uint8 images; we resize the float tensor);
-    "pnp-inversion": PnP-Inversion/PIE-Bench feed [0,255] floats into the ImageNet normalisation.
-    Resizing is bilinear with antialiasing (torchvision's tensor default since 0.17; PIL's behaviour).
+    The published implementations differ here, which makes their numbers incomparable:
+    "splice" (default; Splice `util/losses.py` LossG.global_transform, as the seed papers report DINO-struct): the
+        [0,1] tensor, torchvision `Resize(224, max_size=480)` on the tensor (bilinear, no antialiasing: the tensor
+        behaviour of the torchvision releases Splice ran on, before 0.17), ImageNet normalise; DINO's own
+        `vision_transformer.py::VisionTransformer.interpolate_pos_encoding` (torch.hub dino_vitb8);
+    "img2img-turbo" (`src/my_utils/dino_struct.py`): the image as uint8 PIL, `Resize(224)` on PIL (bilinear,
+        antialiased by PIL, no max_size), `ToTensor`, ImageNet normalise; DINO's interpolation. Not differentiable;
+    "pie-bench" (alias "pnp-inversion"; PnPInversion `evaluation/matrics_calculator.py`
+        calculate_structure_distance): Splice's transform fed [0,255] floats (no /255);
+    "antialiased" (earlier default of this project, kept for DiffuseIT's losses): Splice's geometry with an
+        antialiased tensor resize and timm's position-embedding resampling (`dynamic_img_size`).
+    On a square input whose side is the model's 224 (a 28 x 28 patch grid) no position embedding is resized, so the
+    interpolation choice only matters on other sizes.
     """
 
     name: str
     short_side: int = 224
     max_size: int | None = 480
     input_scale: float = 1.0
-    antialias: bool = True
+    antialias: bool = False
+    backend: str = "tensor"  # "tensor" (differentiable) or "pil" (uint8 PIL resize, as the image files are read)
+    pos_interpolation: str = "dino"  # "dino": DINO hub interpolate_pos_encoding; "timm": timm dynamic_img_size
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("tensor", "pil"):
+            raise ValueError(f"DinoPreprocess backend must be 'tensor' or 'pil', got {self.backend!r}")
+        if self.pos_interpolation not in POS_INTERPOLATIONS:
+            raise ValueError(f"pos_interpolation must be one of {POS_INTERPOLATIONS}, got {self.pos_interpolation!r}")
+
+    @property
+    def differentiable(self) -> bool:
+        return self.backend == "tensor"
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.backend == "pil":
+            return self._pil(images)
         x = images * self.input_scale
         x = TF.resize(x, [self.short_side], interpolation=InterpolationMode.BILINEAR, max_size=self.max_size,
                       antialias=self.antialias)
         return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
 
+    def _pil(self, images: torch.Tensor) -> torch.Tensor:
+        import numpy as np
+        from PIL import Image
+
+        u8 = (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        out = []
+        for im in u8:
+            pil = TF.resize(Image.fromarray(np.ascontiguousarray(im)), [self.short_side],
+                            interpolation=InterpolationMode.BILINEAR, max_size=self.max_size)
+            out.append(TF.to_tensor(pil) * self.input_scale)
+        x = torch.stack(out).to(device=images.device, dtype=images.dtype)
+        return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+
     def describe(self) -> str:
         scale = "[0,1]" if self.input_scale == 1 else f"[0,1]*{self.input_scale:g}"
-        return (f"{self.name}: {scale} -> Resize({self.short_side}, max_size={self.max_size}, bilinear, "
-                f"antialias={self.antialias}) -> ImageNet normalise")
+        if self.backend == "pil":
+            resize = (f"uint8 PIL Resize({self.short_side}, max_size={self.max_size}, bilinear, PIL antialias), "
+                      "ToTensor")
+        else:
+            resize = (f"tensor Resize({self.short_side}, max_size={self.max_size}, bilinear, "
+                      f"antialias={self.antialias})")
+        pos = ("DINO interpolate_pos_encoding (bicubic, +0.1 offset)" if self.pos_interpolation == "dino"
+               else "timm resample_abs_pos_embed")
+        return f"{self.name}: {scale} -> {resize} -> ImageNet normalise; position embeddings: {pos}"
 
 
 DINO_PREPROCESS = {
     "splice": DinoPreprocess("splice"),
-    "img2img-turbo": DinoPreprocess("img2img-turbo", max_size=None),
+    "img2img-turbo": DinoPreprocess("img2img-turbo", max_size=None, backend="pil"),
+    "pie-bench": DinoPreprocess("pie-bench", input_scale=255.0),
     "pnp-inversion": DinoPreprocess("pnp-inversion", input_scale=255.0),
+    "antialiased": DinoPreprocess("antialiased", antialias=True, pos_interpolation="timm"),
 }
+DEFAULT_VARIANT = "splice"
 
 
 def get_preprocess(variant: str | DinoPreprocess) -> DinoPreprocess:
@@ -120,6 +170,34 @@ def get_preprocess(variant: str | DinoPreprocess) -> DinoPreprocess:
     if variant not in DINO_PREPROCESS:
         raise ValueError(f"unknown DINO preprocessing {variant!r}; choose one of {sorted(DINO_PREPROCESS)}")
     return DINO_PREPROCESS[variant]
+
+
+def dino_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], pixels: tuple[int, int],
+                   num_prefix: int = 1) -> torch.Tensor:
+    """DINO's `VisionTransformer.interpolate_pos_encoding` (facebookresearch/dino vision_transformer.py).
+
+    `pos_embed` 1 x (prefix + N) x D of a square sqrt(N) grid; `grid` the (rows, cols) of patch tokens of the input,
+    `pixels` its (H, W). Unchanged when the token count equals N and H == W; else the patch part is resized bicubically
+    with scale_factor ((rows + 0.1) / sqrt(N), (cols + 0.1) / sqrt(N)) (facebookresearch/dino issue 8: the 0.1
+    avoids a floor error).
+    """
+    import math
+
+    from torch.nn import functional as F
+
+    n = pos_embed.shape[1] - num_prefix
+    rows, cols = grid
+    if rows * cols == n and pixels[0] == pixels[1]:
+        return pos_embed
+    side = int(math.sqrt(n))
+    dim = pos_embed.shape[-1]
+    prefix, patch = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
+    r0, c0 = rows + 0.1, cols + 0.1
+    patch = F.interpolate(patch.reshape(1, side, side, dim).permute(0, 3, 1, 2),
+                          scale_factor=(r0 / math.sqrt(n), c0 / math.sqrt(n)), mode="bicubic")
+    if tuple(patch.shape[-2:]) != (rows, cols):
+        raise RuntimeError(f"position embedding resized to {tuple(patch.shape[-2:])}, expected {(rows, cols)}")
+    return torch.cat((prefix, patch.permute(0, 2, 3, 1).reshape(1, -1, dim)), dim=1)
 
 
 def self_similarity(keys: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -146,26 +224,46 @@ class DinoExtractor(nn.Module):
             raise ValueError(f"block {block} out of range for a {self.num_blocks}-block ViT")
         return block % self.num_blocks
 
-    def prepare(self, images: torch.Tensor, variant: str | DinoPreprocess = "splice") -> torch.Tensor:
-        """[0,1] images -> the network input of the named preprocessing variant (differentiable)."""
+    def prepare(self, images: torch.Tensor, variant: str | DinoPreprocess = DEFAULT_VARIANT) -> torch.Tensor:
+        """[0,1] images -> the network input of the named preprocessing variant (differentiable unless the variant
+        resizes PIL images, as "img2img-turbo" does)."""
         return get_preprocess(variant)(images)
 
-    def _capture(self, x: torch.Tensor, module: nn.Module, block: int) -> torch.Tensor:
-        """Run the ViT up to `block` and return what `module` (a hooked sub-module) output on the way."""
+    def _capture(self, x: torch.Tensor, module: nn.Module, block: int, pos_interpolation: str = "timm"
+                 ) -> torch.Tensor:
+        """Run the ViT up to `block` and return what `module` (a hooked sub-module) output on the way.
+
+        pos_interpolation "timm": timm's forward (dynamic_img_size resampling); "dino": patch embedding, [CLS],
+        DINO's `interpolate_pos_encoding`, then the blocks, as torch.hub's DINO `prepare_tokens` does."""
+        if pos_interpolation not in POS_INTERPOLATIONS:
+            raise ValueError(f"pos_interpolation must be one of {POS_INTERPOLATIONS}, got {pos_interpolation!r}")
+        pixels = tuple(x.shape[-2:])
         p = self.patch_size  # DINO's stride-p patch conv ignores the last H % p rows and W % p columns
         x = x[..., : x.shape[-2] // p * p, : x.shape[-1] // p * p]
         captured: list[torch.Tensor] = []
         handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
         try:
-            self.model.forward_intermediates(x, indices=[block], stop_early=True, intermediates_only=True)
+            if pos_interpolation == "timm":
+                self.model.forward_intermediates(x, indices=[block], stop_early=True, intermediates_only=True)
+            else:
+                m = self.model
+                if getattr(m, "reg_token", None) is not None or getattr(m, "no_embed_class", False):
+                    raise ValueError("DINO's position interpolation needs a ViT with only a [CLS] prefix token")
+                t = m.patch_embed(x)  # B x rows x cols x D (dynamic_img_size)
+                b, rows, cols, d = t.shape
+                t = torch.cat((m.cls_token.expand(b, -1, -1), t.reshape(b, rows * cols, d)), dim=1)
+                t = m.pos_drop(t + dino_pos_embed(m.pos_embed, (rows, cols), pixels, m.num_prefix_tokens))
+                t = m.norm_pre(m.patch_drop(t))
+                for blk in m.blocks[: block + 1]:
+                    t = blk(t)
         finally:
             handle.remove()
         return captured[-1]
 
-    def keys(self, x: torch.Tensor, block: int = STRUCT_BLOCK) -> torch.Tensor:
+    def keys(self, x: torch.Tensor, block: int = STRUCT_BLOCK, pos_interpolation: str = "timm") -> torch.Tensor:
         """Keys of `block` for prepared input x: B x T x D (heads concatenated, CLS token first)."""
         block = self._block_index(block)
-        qkv = self._capture(x, self.model.blocks[block].attn.qkv, block)
+        qkv = self._capture(x, self.model.blocks[block].attn.qkv, block, pos_interpolation)
         b, t, _ = qkv.shape
         k = qkv.reshape(b, t, 3, self.num_heads, self.embed_dim // self.num_heads)[:, :, 1]  # B x T x heads x d
         return k.reshape(b, t, self.embed_dim)
@@ -176,12 +274,15 @@ class DinoExtractor(nn.Module):
         return self._capture(x, self.model.blocks[block], block)[:, 0]
 
     def self_similarity(self, images: torch.Tensor, *, block: int = STRUCT_BLOCK,
-                        variant: str | DinoPreprocess = "splice") -> torch.Tensor:
-        """Key self-similarity B x T x T of [0,1] images: Splice's structure descriptor."""
-        return self_similarity(self.keys(self.prepare(images, variant), block))
+                        variant: str | DinoPreprocess = DEFAULT_VARIANT) -> torch.Tensor:
+        """Key self-similarity B x T x T of [0,1] images: Splice's structure descriptor (the variant's
+        preprocessing and position-embedding interpolation)."""
+        v = get_preprocess(variant)
+        return self_similarity(self.keys(self.prepare(images, v), block, v.pos_interpolation))
 
     def structure_distance(self, outputs: torch.Tensor, inputs: torch.Tensor, *, block: int = STRUCT_BLOCK,
-                           variant: str | DinoPreprocess = "splice", detach_inputs: bool = True) -> torch.Tensor:
+                           variant: str | DinoPreprocess = DEFAULT_VARIANT, detach_inputs: bool = True
+                           ) -> torch.Tensor:
         """Per-image MSE between the key self-similarities of outputs and inputs ([0,1] batches): B values.
 
         The two batches may differ in size but must give the same token grid after preprocessing (same aspect).

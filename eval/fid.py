@@ -2,7 +2,8 @@
 
 Features come from clean-fid's own pipeline (`get_files_features`: PIL RGB -> uint8 -> PIL bicubic resize of each
 float32 channel to 299 -> our `InceptionFeatures`), so they are what `cleanfid.fid.compute_fid(mode="clean")`
-would use. FID is clean-fid's `frechet_distance` on (mean, np.cov) of the features. KID is clean-fid's
+would use. FID is clean-fid's `frechet_distance` formula (eval.frechet: the same steps, without the
+`sqrtm(..., disp=False)` call SciPy 1.18 removed) on (mean, np.cov) of the features. KID is clean-fid's
 `kernel_distance`, which draws its subsets from numpy's global RNG with no seed: we seed it and restore the
 caller's RNG state afterwards, so the same seed gives the same KID. In-memory image tensors in [0, 1] are first
 quantised to uint8 (round), exactly as saving them to PNG would, then take the same path.
@@ -14,7 +15,6 @@ embedded once across methods and runs.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -86,7 +86,7 @@ def inception_features(images: ImageSet, *, preset: str = "paper", device: str =
 
 def fid_from_features(gen: np.ndarray, ref: np.ndarray) -> float:
     """clean-fid's FID of two feature sets: frechet_distance(mean, np.cov) (the numbers clean-fid reports)."""
-    from cleanfid.fid import frechet_distance
+    from eval.frechet import frechet_distance
 
     if len(gen) < 2 or len(ref) < 2:
         raise ValueError(f"FID needs at least 2 images per set, got n_gen={len(gen)}, n_ref={len(ref)}")
@@ -94,9 +94,7 @@ def fid_from_features(gen: np.ndarray, ref: np.ndarray) -> float:
         raise ValueError(f"feature sizes differ: {gen.shape[1]} vs {ref.shape[1]} (features of different encoders?)")
     mu1, sigma1 = np.mean(gen, axis=0), np.cov(gen, rowvar=False)
     mu2, sigma2 = np.mean(ref, axis=0), np.cov(ref, rowvar=False)
-    with warnings.catch_warnings():  # n < D makes the covariances singular; results carry a note saying so
-        warnings.filterwarnings("ignore", message="Matrix is singular")
-        return float(frechet_distance(mu1, sigma1, mu2, sigma2))
+    return frechet_distance(mu1, sigma1, mu2, sigma2)  # n < D: singular covariances; results carry a note
 
 
 def kid_from_features(gen: np.ndarray, ref: np.ndarray, *, seed: int = 0, num_subsets: int = 100,

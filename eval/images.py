@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eval.vocab import IMAGE_EXTENSIONS  # the shared vocabulary, re-exported
+from eval.vocab import CLEAN_FID_EXTENSIONS, IMAGE_EXTENSIONS  # the shared vocabulary, re-exported
 
 if TYPE_CHECKING:
     import torch
@@ -30,8 +30,11 @@ def load_image(x: Any) -> torch.Tensor:
         path = Path(x)
         if not path.is_file():
             raise FileNotFoundError(f"image file not found: {path}")
-        with Image.open(path) as im:
-            x = im.convert("RGB")
+        if path.suffix.lower() == ".npy":  # an H x W x 3 uint8 array, as clean-fid reads .npy "images"
+            x = np.load(path, allow_pickle=False)
+        else:
+            with Image.open(path) as im:
+                x = im.convert("RGB")
     if hasattr(x, "convert") and hasattr(x, "size"):  # PIL image
         x = np.array(x.convert("RGB"))
     if isinstance(x, np.ndarray):
@@ -86,17 +89,66 @@ def check_prompts(p: Any, n: int, what: str, metric: str) -> list[str]:
     return list(p)
 
 
+def _clean_fid_glob(root: str) -> list[str]:
+    """clean-fid 0.1.35 `get_folder_features`: sorted(glob(root/**/*.<ext>, recursive=True) for ext in EXTENSIONS).
+
+    glob skips names starting with "." (hidden files, macOS `._x.png` metadata) and does not enter hidden folders;
+    matching is case-sensitive on POSIX. Duplicates (the same file matched by `*.png` and `*.PNG` where names
+    compare case-insensitively, e.g. Windows) are kept once; entries that are not files (a folder named `a.png`) are
+    dropped."""
+    from glob import glob
+
+    found = {f for ext in CLEAN_FID_EXTENSIONS for f in glob(os.path.join(root, f"**/*.{ext}"), recursive=True)}
+    return sorted(f for f in found if os.path.isfile(f))
+
+
+def _not_counted(root: str, counted: set[str]) -> list[str]:
+    """Files under `root` that look like images (extension in any case) but clean-fid's discovery does not count:
+    other-case extensions (`u.BMP`, `z.Png`), hidden files and `._*` metadata, files in hidden folders."""
+    lower = {"." + e.lower() for e in CLEAN_FID_EXTENSIONS}
+    out = []
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            if os.path.splitext(name)[1].lower() in lower and path not in counted:
+                out.append(os.path.relpath(path, root))
+    return sorted(out)
+
+
 def list_image_files(src: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """A folder (searched recursively, sorted like clean-fid) or an explicit list -> image file paths."""
+    """Image files of a folder, found exactly as clean-fid finds them (same extensions and case rules, hidden and
+    `._*` files skipped, same order), or of an explicit list (checked: existing image files, no hidden/metadata).
+
+    A folder's image-like files that clean-fid would not count are never read; a warning lists them (rename them to
+    a counted extension, e.g. lower case, to include them), so N is what clean-fid reports on the same folder.
+    """
+    import warnings
+
     if isinstance(src, (str, os.PathLike)):
-        root = Path(src)
-        if not root.is_dir():
+        root = os.fspath(src)
+        if not os.path.isdir(root):
             raise FileNotFoundError(f"image folder not found: {root}")
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        files = _clean_fid_glob(root)
+        skipped = _not_counted(root, set(files))
+        if skipped:
+            shown = ", ".join(skipped[:10]) + (f", ... ({len(skipped)} in all)" if len(skipped) > 10 else "")
+            warnings.warn(f"{root}: {len(skipped)} image-like file(s) not counted, as clean-fid does not count them "
+                          f"(extensions {', '.join(CLEAN_FID_EXTENSIONS)} case-sensitively; hidden and ._* files "
+                          f"skipped): {shown}. Rename them (e.g. lower-case extension) to include them.", stacklevel=2)
         if not files:
-            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {root}")
-        return files
+            exts = ",".join(CLEAN_FID_EXTENSIONS)
+            raise FileNotFoundError(f"no images in {root} (clean-fid's discovery: *.{{{exts}}}, searched "
+                                    "recursively, case-sensitive, hidden files skipped)")
+        return [Path(f) for f in files]
     files = [Path(p) for p in src]
+    hidden = [str(p) for p in files if p.name.startswith(".")]
+    if hidden:
+        raise ValueError(f"hidden or macOS metadata files (._*) are not images: {hidden[:3]}; remove them from "
+                         "the list")
+    accepted = (*IMAGE_EXTENSIONS, ".npy")
+    odd = [str(p) for p in files if p.suffix.lower() not in accepted]
+    if odd:
+        raise ValueError(f"not image files (extensions {', '.join(accepted)}): {odd[:3]}")
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"image files not found: {missing[:3]}")

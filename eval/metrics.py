@@ -1,10 +1,13 @@
 """The metric registry: each metric declares what it measures, its direction, range, task kinds, inputs and version.
 
-Definitions (specs/anchors_metrics_style.md §1.3-1.6, §2; pix2pix-zero §B.8):
-  fid, kid          clean-fid "clean" mode, our Inception; KID seeded. Distribution metrics (per_image=False):
-                    `compute_fid` / `compute_kid` (eval.fid) against a reference set; n_gen and n_ref reported.
+Each metric's card (`MetricSpec`: `definition` names window, reduction, resize kernel, model id and pretrained tag;
+`reference` names the implementation its numbers equal) is written into every run's metric_info.json and report:
+  fid, kid          clean-fid 0.1.35 "clean" mode with the TF-FID Inception; clean-fid's folder discovery; KID seeded.
+                    Distribution metrics (per_image=False): `compute_fid` / `compute_kid` (eval.fid) against a
+                    reference set; n_gen and n_ref reported (FID is biased at small N: compare only at equal N).
   dino_struct       Splice: MSE between the cosine self-similarities of DINO ViT-B/8 block-11 keys (CLS included)
-                    of the output and of the input; preprocessing variant named ("splice" default).
+                    of the output and of the input; the preprocessing variant is named ("splice" default, see
+                    eval.dino.DinoPreprocess for "img2img-turbo" and "pie-bench").
   dino_struct_v2    The same on DINOv2 ViT-B/14 block-11 keys: a held-out structure encoder, since DiffuseIT
                     optimises exactly the DINO ViT-B/8 keys dino_struct reads (report both).
   clip_score        torchmetrics CLIPScore per image: 100 * max(cos(E_I(out), E_T(tgt_prompt)), 0). (torchmetrics
@@ -13,11 +16,15 @@ Definitions (specs/anchors_metrics_style.md §1.3-1.6, §2; pix2pix-zero §B.8):
                     embeddings (0 when either difference is zero, as F.cosine_similarity gives).
   clip_accuracy     pix2pix-zero: 1 if cos(E_I(out), E_T(tgt)) > cos(E_I(out), E_T(src)) else 0; the mean is the
                     share of successful edits.
-  lpips             LPIPS-alex (default) to the input (unpaired/edit) or to the target (paired): `against`.
+                    The CLIP metrics embed images with open_clip's own eval preprocessing (eval.clip, reference path).
+  lpips             LPIPS-alex (default) v0.1 to the input (unpaired/edit) or to the target (paired): `against`.
   psnr              10 log10(1 / MSE) per image, data range 1 (inf for identical images).
-  ssim              Wang et al. 2004 as scikit-image/torchmetrics compute it: 11-tap Gaussian window sigma 1.5,
-                    K1 0.01, K2 0.03, data range 1, population covariances, per channel, mean over the valid
-                    (un-padded) region and the channels.
+  ssim              Wang et al. 2004 with a Gaussian window: 11 x 11, sigma 1.5, K1 0.01, K2 0.03, data range 1,
+                    population covariances, per channel, mean over the valid region (the pixels whose whole window
+                    lies inside the image) and the channels: scikit-image's structural_similarity(
+                    gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1). Not scikit-image's
+                    default (7 x 7 uniform window, sample covariances) and not torchmetrics' SSIM (which also
+                    averages the border, where its window reaches into padding).
 
 Per-image metrics are called as `metric(images, *, inputs=None, targets=None, src_prompts=None, tgt_prompts=None,
 references=None) -> Tensor[B]` on float B x 3 x H x W tensors in [0, 1] and reject anything outside that contract.
@@ -61,6 +68,8 @@ class MetricSpec:
     encoder: str | None  # "inception" | "dino" | "clip" | "lpips" | None
     description: str
     reads: str = ""  # the learned features it compares, e.g. "dino-vitb8/block11/keys" (see MethodCard.optimises)
+    definition: str = ""  # the exact definition: window, reduction, resize kernel, model id, pretrained tag
+    reference: str = ""  # the reference implementation its numbers equal (and how closely)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -221,6 +230,17 @@ class PerImageMetric(Metric):
 
 _FID_KINDS = frozenset({"unpaired", "paired", "mask-to-image", "sketch-to-image"})
 _INCEPTION_PRE = "clean-fid 'clean': PNG/uint8 -> PIL bicubic float resize to 299 -> (x-128)/128 -> pool_3 features"
+_FOLDERS = ("folders: clean-fid's discovery (recursive, extensions bmp jpg jpeg pgm png ppm tif tiff webp npy JPEG JPG "
+            "PNG matched case-sensitively, hidden files and folders skipped, sorted by path)")
+_INCEPTION_DEF = ("Inception-v3 of TF-FID (2015-12-05 graph, TorchScript port), pool_3 2048-d; images quantised to "
+                  "uint8, PIL bicubic resize of each float32 channel to 299 x 299")
+_CLIP_PRE = "open_clip eval preprocess (PIL bicubic shorter side, centre crop) on uint8 images; open_clip tokenizer"
+_CLIP_DEF = ("model id ViT-L-14/openai (open_clip arch ViT-L-14, pretrained tag 'openai': OpenAI's released weights, "
+             "= HF openai/clip-vit-large-patch14) unless `model` says otherwise; image: uint8 -> PIL bicubic resize "
+             "of the shorter side to 224 (long side truncated) -> centre crop 224 (offset rounded) -> ToTensor -> "
+             "Normalize(OpenAI mean/std); text: open_clip BPE, 77 tokens; embeddings L2-normalised")
+_CLIP_REF = ("open_clip 3.3.0 `create_model_and_transforms(...)[2]` (preprocess) + encode_image/encode_text on the "
+             "same files: equal (max |diff| 0 in the preprocessed pixels)")
 
 
 class DistributionMetric(Metric):
@@ -257,8 +277,13 @@ class DistributionMetric(Metric):
 class FID(DistributionMetric):
     """FID of outputs vs a reference set (clean-fid clean mode)."""
 
-    spec = MetricSpec("fid", "lower", (0.0, INF), _FID_KINDS, ("reference_set",), "1", _INCEPTION_PRE, False,
-                      "inception", "Frechet distance of Inception pool_3 features (clean-fid clean mode)")
+    spec = MetricSpec(
+        "fid", "lower", (0.0, INF), _FID_KINDS, ("reference_set",), "2", f"{_INCEPTION_PRE}; {_FOLDERS}", False,
+        "inception", "Frechet distance of Inception pool_3 features (clean-fid clean mode)",
+        definition=f"{_INCEPTION_DEF}; |mu1-mu2|^2 + tr(S1 + S2 - 2 sqrtm(S1 S2)), np.cov (N-1); biased at small N "
+                   "(N < 2048 gives a rank-deficient covariance): compare only at equal N",
+        reference="clean-fid 0.1.35 compute_fid(mode='clean') / frechet_distance: equal to float noise "
+                  "(SciPy-1.18-safe matrix square root)")
 
     def from_features(self, gen: Any, ref: Any, gen_desc: dict | None = None,
                       ref_desc: dict | None = None) -> dict[str, Any]:
@@ -272,8 +297,12 @@ class FID(DistributionMetric):
 class KID(DistributionMetric):
     """KID of outputs vs a reference set, subsets drawn with a fixed seed."""
 
-    spec = MetricSpec("kid", "lower", (-INF, INF), _FID_KINDS, ("reference_set",), "1", _INCEPTION_PRE, False,
-                      "inception", "Kernel Inception distance (unbiased MMD^2, cubic kernel), seeded subsets")
+    spec = MetricSpec(
+        "kid", "lower", (-INF, INF), _FID_KINDS, ("reference_set",), "2", f"{_INCEPTION_PRE}; {_FOLDERS}", False,
+        "inception", "Kernel Inception distance (unbiased MMD^2, cubic kernel), seeded subsets",
+        definition=f"{_INCEPTION_DEF}; unbiased MMD^2 with k(x,y) = (x.y/2048 + 1)^3, mean over 100 subsets of "
+                   "min(n_gen, n_ref, 1000) images drawn with numpy seeded by `seed` (0)",
+        reference="clean-fid 0.1.35 kernel_distance with np.random.seed(seed): equal")
     defaults: ClassVar[dict[str, Any]] = {"batch_size": 32, "seed": 0, "num_subsets": 100, "max_subset_size": 1000}
 
     def from_features(self, gen: Any, ref: Any, gen_desc: dict | None = None,
@@ -311,10 +340,16 @@ class DinoStruct(PerImageMetric):
     """Splice/img2img-turbo DINO structure distance to the input."""
 
     spec = MetricSpec(
-        "dino_struct", "lower", (0.0, 4.0), frozenset({"unpaired", "text-edit", "image-guided"}), ("input",), "1",
-        "splice: [0,1] -> Resize(224, max_size=480) -> ImageNet normalise; DINO ViT-B/8 block 11 keys",
+        "dino_struct", "lower", (0.0, 4.0), frozenset({"unpaired", "text-edit", "image-guided"}), ("input",), "2",
+        "variant splice: [0,1] tensor -> Resize(224, max_size=480, bilinear, no antialias) -> ImageNet normalise; "
+        "DINO interpolate_pos_encoding; DINO ViT-B/8 block 11 keys",
         True, "dino", "Splice structure distance: MSE of DINO key self-similarities, output vs input",
         "dino-vitb8/block11/keys",
+        definition="DINO ViT-B/8 (torch.hub dino_vitb8 = timm vit_base_patch8_224.dino), block 11 attn.qkv keys, "
+                   "heads concatenated, CLS included; cosine self-similarity (norms clamped 1e-8); MSE over all "
+                   "T x T entries per image; variant named by `variant` (splice | img2img-turbo | pie-bench)",
+        reference="Splice util/losses.py calculate_global_ssim_loss + models/extractor.py (DINO hub "
+                  "interpolate_pos_encoding), transcribed: equal to float noise",
     )
     defaults: ClassVar[dict[str, Any]] = {"block": 11, "variant": "splice", "model": "dino-vitb8"}
 
@@ -351,9 +386,12 @@ class DinoStructV2(DinoStruct):
 
     spec = MetricSpec(
         "dino_struct_v2", "lower", (0.0, 4.0), frozenset({"unpaired", "text-edit", "image-guided"}), ("input",),
-        "1", "splice: [0,1] -> Resize(224, max_size=480) -> ImageNet normalise; DINOv2 ViT-B/14 block 11 keys",
+        "2", "variant splice: [0,1] tensor -> Resize(224, max_size=480, bilinear, no antialias) -> ImageNet "
+        "normalise; DINO interpolate_pos_encoding; DINOv2 ViT-B/14 block 11 keys",
         True, "dino", "Held-out structure distance: as dino_struct, on DINOv2 ViT-B/14 keys (no method optimises "
         "them)", "dinov2-vitb14/block11/keys",
+        definition="DINOv2 ViT-B/14 (timm vit_base_patch14_dinov2.lvd142m), block 11 keys, otherwise as dino_struct",
+        reference="no published reference: dino_struct's definition on another encoder",
     )
     defaults: ClassVar[dict[str, Any]] = {"block": 11, "variant": "splice", "model": "dinov2-vitb14"}
 
@@ -397,14 +435,15 @@ class ClipScore(_ClipMetric):
 
     spec = MetricSpec(
         "clip_score", "higher", (0.0, 100.0),
-        frozenset({"unpaired", "paired", "text-edit", "mask-to-image", "sketch-to-image"}), ("tgt_prompt",), "1",
-        "CLIP resize short side + centre crop + CLIP normalise; open_clip tokenizer", True, "clip",
+        frozenset({"unpaired", "paired", "text-edit", "mask-to-image", "sketch-to-image"}), ("tgt_prompt",), "2",
+        _CLIP_PRE, True, "clip",
         "torchmetrics CLIPScore: 100 * max(cos(image, target prompt), 0); scale 0-100, model id reported",
-        "clip:ViT-L-14/openai",
+        "clip:ViT-L-14/openai", definition=f"100 * max(cos(E_I(out), E_T(tgt_prompt)), 0) per image; {_CLIP_DEF}",
+        reference=_CLIP_REF,
     )
 
     def compute(self, images: torch.Tensor, *, tgt_prompt: list[str]) -> torch.Tensor:
-        e_i = self.encoder().encode_image(images)
+        e_i = self.encoder().encode_image_reference(images)
         e_t = self.text_embeddings(tgt_prompt)
         return 100.0 * (e_i * e_t).sum(-1).clamp(min=0)
 
@@ -415,10 +454,11 @@ class ClipDirectional(_ClipMetric):
 
     spec = MetricSpec(
         "clip_directional", "higher", (-1.0, 1.0), frozenset({"unpaired", "text-edit"}),
-        ("input", "src_prompt", "tgt_prompt"), "1",
-        "CLIP resize short side + centre crop + CLIP normalise; open_clip tokenizer", True, "clip",
+        ("input", "src_prompt", "tgt_prompt"), "2",
+        _CLIP_PRE, True, "clip",
         "CLIP directional similarity: cos(E_I(out) - E_I(in), E_T(tgt) - E_T(src)), normalised embeddings",
-        "clip:ViT-L-14/openai",
+        "clip:ViT-L-14/openai", definition=f"cos(E_I(out) - E_I(in), E_T(tgt) - E_T(src)) per image; {_CLIP_DEF}",
+        reference=_CLIP_REF,
     )
 
     def compute(self, images: torch.Tensor, *, input: torch.Tensor, src_prompt: list[str],
@@ -426,7 +466,7 @@ class ClipDirectional(_ClipMetric):
         from torch.nn import functional as F
 
         clip = self.encoder()
-        d_img = clip.encode_image(images) - clip.encode_image(input)
+        d_img = clip.encode_image_reference(images) - clip.encode_image_reference(input)
         d_txt = self.text_embeddings(tgt_prompt) - self.text_embeddings(src_prompt)
         return F.cosine_similarity(d_img, d_txt, dim=-1)
 
@@ -437,13 +477,15 @@ class ClipAccuracy(_ClipMetric):
 
     spec = MetricSpec(
         "clip_accuracy", "higher", (0.0, 1.0), frozenset({"unpaired", "text-edit"}), ("src_prompt", "tgt_prompt"),
-        "1", "CLIP resize short side + centre crop + CLIP normalise; open_clip tokenizer", True, "clip",
+        "2", _CLIP_PRE, True, "clip",
         "pix2pix-zero CLIP accuracy: 1 if the output is closer (cosine) to the target than to the source prompt",
         "clip:ViT-L-14/openai",
+        definition=f"1 if cos(E_I(out), E_T(tgt)) > cos(E_I(out), E_T(src)) else 0, per image; {_CLIP_DEF}",
+        reference=_CLIP_REF,
     )
 
     def compute(self, images: torch.Tensor, *, src_prompt: list[str], tgt_prompt: list[str]) -> torch.Tensor:
-        e_i = self.encoder().encode_image(images)
+        e_i = self.encoder().encode_image_reference(images)
         to_tgt = (e_i * self.text_embeddings(tgt_prompt)).sum(-1)
         to_src = (e_i * self.text_embeddings(src_prompt)).sum(-1)
         return (to_tgt > to_src).float()
@@ -457,6 +499,10 @@ class LPIPSMetric(PerImageMetric):
         "lpips", "lower", (0.0, INF), frozenset(KINDS), ("input",), "1",
         "[0,1] -> [-1,1], no resize (same size required); LPIPS v0.1 linear heads", True, "lpips",
         "LPIPS distance to the input (unpaired/edit tasks) or to the target (paired tasks): option `against`",
+        definition="LPIPS v0.1 (Zhang et al. 2018), `net` alex (default) or vgg with the learned linear heads: "
+                   "unit-normalised features, squared differences weighted per channel, spatial mean, sum over "
+                   "layers; inputs [0,1] -> [-1,1], no resize",
+        reference="lpips 0.1.4 LPIPS(net=..., version='0.1')(x*2-1, y*2-1): equal (0 diff)",
     )
     defaults: ClassVar[dict[str, Any]] = {"net": "alex", "against": "auto"}
     AGAINST = ("auto", "input", "target")
@@ -509,7 +555,10 @@ class PSNR(PerImageMetric):
 
     spec = MetricSpec("psnr", "higher", (0.0, INF), _PAIRED, ("target",), "1",
                       "[0,1] float, no resize, data_range 1, mean over channels and pixels", True, None,
-                      "peak signal-to-noise ratio to the target: 10 log10(1 / MSE) in dB")
+                      "peak signal-to-noise ratio to the target: 10 log10(1 / MSE) in dB",
+                      definition="10 log10(1 / MSE) in dB per image, MSE over the 3 channels and all pixels (float64), "
+                                 "data range 1, no resize",
+                      reference="skimage 0.26.0 peak_signal_noise_ratio(data_range=1): equal to float noise")
 
     def compute(self, images: torch.Tensor, *, target: torch.Tensor) -> torch.Tensor:
         import torch
@@ -527,7 +576,15 @@ class SSIM(PerImageMetric):
 
     spec = MetricSpec("ssim", "higher", (-1.0, 1.0), _PAIRED, ("target",), "1",
                       "[0,1] float, no resize, Gaussian window 11 sigma 1.5, K=(0.01,0.03), data_range 1, valid region",
-                      True, None, "structural similarity to the target (scikit-image/torchmetrics Gaussian SSIM)")
+                      True, None, "structural similarity to the target: Wang et al. 2004, Gaussian 11x11 sigma 1.5, "
+                      "valid region",
+                      definition="SSIM of Wang et al. 2004: normalised Gaussian window 11 x 11, sigma 1.5 (separable), "
+                                 "K1 0.01, K2 0.03, data range 1, population covariances, per channel; mean over the "
+                                 "valid region (window fully inside: a 5-pixel border excluded) and the 3 channels; "
+                                 "not skimage's default (7 x 7 uniform, sample covariances), not torchmetrics' "
+                                 "default reduction (includes the padded border)",
+                      reference="skimage 0.26.0 structural_similarity(gaussian_weights=True, sigma=1.5, "
+                                "use_sample_covariance=False, data_range=1, channel_axis=0): equal to float noise")
 
     def compute(self, images: torch.Tensor, *, target: torch.Tensor) -> torch.Tensor:
         from eval.images import check_same_size
@@ -540,8 +597,10 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, sigma: float = 1.5, win: int = 11,
          data_range: float = 1.0) -> torch.Tensor:
     """Per-image Gaussian SSIM of B x C x H x W tensors (differentiable), averaged over channels and valid pixels.
 
-    Matches skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-    data_range=1, channel_axis=0): a separable normalised 11-tap Gaussian, statistics only where the window fits.
+    Wang et al. 2004 with an 11 x 11 Gaussian window (sigma 1.5): equals skimage.metrics.structural_similarity(
+    gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1, channel_axis=0), which also averages
+    only where the whole window fits. torchmetrics' StructuralSimilarityIndexMeasure (same window) differs: it
+    reflect-pads and its default reduction also averages the border, so its numbers are not these.
     """
     import torch
     from torch.nn import functional as F

@@ -13,8 +13,11 @@ KINDS = ("unpaired", "paired", "text-edit", "image-guided", "mask-to-image", "sk
 METRICS = ("fid", "kid", "dino_struct", "dino_struct_v2", "clip_score", "clip_directional", "clip_accuracy", "lpips",
            "psnr", "ssim")
 
-#: Image files the loaders read (clean-fid's set; matched case-insensitively).
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
+#: clean-fid 0.1.35's folder discovery (cleanfid/utils.py EXTENSIONS), matched case-sensitively by glob: `x.PNG`
+#: counts, `x.Png` / `x.BMP` do not. `.npy` files are H x W x 3 uint8 arrays that clean-fid reads as images.
+CLEAN_FID_EXTENSIONS = ("bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp", "npy", "JPEG", "JPG", "PNG")
+#: Image files the dataset loaders read: clean-fid's image types, matched case-insensitively (no .npy arrays).
+IMAGE_EXTENSIONS = tuple(sorted({"." + e.lower() for e in CLEAN_FID_EXTENSIONS} - {".npy"}))
 
 #: Where a method's weights come from.
 #:   real                trained weights (the authors' release in the project's format, or a `train` checkpoint)

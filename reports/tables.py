@@ -217,6 +217,37 @@ def _column_cells(
     return cells, unit, d, scale
 
 
+FID_FULL_N = 2048
+"""Inception pool_3 features have 2048 dimensions: with fewer images the covariance is rank-deficient and FID is
+biased upwards by an amount that depends on N, so FIDs are comparable only at equal (and ideally >= 2048) N."""
+
+
+def distribution_caveats(task: str, rows: pd.DataFrame) -> list[str]:
+    """Footnotes for the distribution metrics (FID, KID) of one task: the image counts, and the small-N / unequal-N
+    caveats that decide whether the numbers can be compared (with each other and with papers)."""
+    dist = rows[rows["source"] == "distribution"] if len(rows) else rows
+    if dist.empty:
+        return []
+    labels = ", ".join(sorted({metric_label(m) for m in dist["metric"]}))
+    fid_label = ", ".join(sorted({metric_label(m) for m in dist["metric"] if canonical_metric(str(m)) == "fid"}))
+    recs = [r for r in dist.to_dict("records") if np.isfinite(r["n_gen"]) and np.isfinite(r["n_ref"])]
+    gens = sorted({(int(r["n_gen"]), int(r["n_ref"])) for r in recs})
+    notes = []
+    if len(gens) == 1:
+        notes.append(f"{labels} on {task}: one value over {gens[0][0]} generated vs {gens[0][1]} reference images "
+                     "(no CI).")
+    elif len(gens) > 1:
+        notes.append(f"⚠ {labels} on {task}: the image counts differ between methods "
+                     f"({', '.join(f'{g}/{r}' for g, r in gens)} generated/reference; see n= in the cells): FID's "
+                     "bias and KID's subset size depend on N, so these values are not comparable with each other.")
+    small = sorted({n for g, r in gens for n in (g, r) if n < FID_FULL_N})
+    if small and fid_label:
+        notes.append(f"⚠ {fid_label} on {task} over fewer than {FID_FULL_N} images (N = {', '.join(map(str, small))}): "
+                     "the 2048-d Inception covariance is rank-deficient and FID is biased upwards by an amount that "
+                     "depends on N; compare only at equal N (a paper's FID over another N is not comparable).")
+    return notes
+
+
 def build_main_tables(
     summary: pd.DataFrame,
     run: Run | None = None,
@@ -279,13 +310,7 @@ def build_main_tables(
                 columns.append(Column(key=f"{task}/{metric}", label=label, arrow=ARROWS.get(direction or "", ""),
                                       group=task if multi else ""))
                 col_cells.append(cells)
-            gens = sorted({(int(r["n_gen"]), int(r["n_ref"])) for r in tsub.to_dict("records")
-                           if r["source"] == "distribution" and np.isfinite(r["n_gen"]) and np.isfinite(r["n_ref"])})
-            if len(gens) == 1:
-                dmetrics = ", ".join(sorted({metric_label(m) for m in tsub.loc[tsub["source"] == "distribution",
-                                                                                 "metric"]}))
-                dist_notes.append(f"{dmetrics} on {task}: one value over {gens[0][0]} generated vs {gens[0][1]} "
-                                  "reference images (no CI).")
+            dist_notes += distribution_caveats(task, tsub[tsub["method"].isin(methods)])
         if any(fails.get(m, 0) for m in methods):
             columns.append(Column(key="failed", label="fail"))
             col_cells.append([Cell(text=str(fails.get(m, 0)), value=float(fails.get(m, 0))) for m in methods])

@@ -26,6 +26,11 @@ def smooth_images(b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
 
 
+def u8_images(b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """`smooth_images` on the uint8 grid (what an 8-bit image file holds): the CLIP metrics read uint8 images."""
+    return (smooth_images(b, h, w, seed) * 255).round() / 255
+
+
 # --- pixel metrics --------------------------------------------------------------------------------------------------
 
 
@@ -103,7 +108,7 @@ def _manual_embeddings(clip, images224: torch.Tensor, prompts: list[str]) -> tup
 def test_clip_score_follows_torchmetrics_definition():
     clip = load_clip("ViT-B-32/openai", "tiny")
     metric = get_metric("clip_score", preset="tiny", model="ViT-B-32/openai")
-    images = smooth_images(len(PROMPTS), 224, 224, 3)
+    images = u8_images(len(PROMPTS), 224, 224, 3)
     signs, negated = [], False
     try:
         for flip in (False, True):  # the second pass negates the text projection: every cosine changes sign
@@ -135,7 +140,8 @@ def test_clip_encode_image_equals_open_clip_transform():
         ref = F.normalize(clip.model.encode_image(transform(Image.fromarray(u8))[None]), dim=-1)
         got = clip.encode_image(torch.from_numpy(u8).permute(2, 0, 1)[None].float() / 255)
         assert torch.allclose(got, ref, atol=1e-5)
-        # a non-square, larger image: torch's antialiased bicubic vs PIL's bicubic, close but not bit-equal
+        # a non-square, larger image: the differentiable path (torch's antialiased bicubic) vs PIL's bicubic, close
+        # but not equal (the metrics use the reference path, tested against open_clip in test_eval_reference.py)
         u8 = (smooth_images(1, 300, 410, 5)[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
         ref = F.normalize(clip.model.encode_image(transform(Image.fromarray(u8))[None]), dim=-1)
         got = clip.encode_image(torch.from_numpy(u8).permute(2, 0, 1)[None].float() / 255)
@@ -144,7 +150,7 @@ def test_clip_encode_image_equals_open_clip_transform():
 
 def test_clip_directional_and_accuracy_definitions():
     clip = load_clip("ViT-B-32/openai", "tiny")
-    out, inp = smooth_images(4, 224, 224, 6), smooth_images(4, 224, 224, 7)
+    out, inp = u8_images(4, 224, 224, 6), u8_images(4, 224, 224, 7)
     src, tgt = PROMPTS[:4], PROMPTS[4:]
     opts = {"preset": "tiny", "model": "ViT-B-32/openai"}
     e_out, e_t_tgt = _manual_embeddings(clip, out, tgt)
@@ -211,8 +217,8 @@ def test_dino_struct_zero_for_identity_and_batched_equals_loop():
     # the metric is Splice's definition on the shared extractor
     dino = load_dino("tiny")
     with torch.no_grad():
-        s_x = self_similarity(dino.keys(dino.prepare(x), 11))
-        s_y = self_similarity(dino.keys(dino.prepare(y), 11))
+        s_x = self_similarity(dino.keys(dino.prepare(x), 11, pos_interpolation="dino"))
+        s_y = self_similarity(dino.keys(dino.prepare(y), 11, pos_interpolation="dino"))
     assert torch.allclose(batched, ((s_x - s_y) ** 2).mean(dim=(1, 2)), atol=1e-7)
     assert torch.allclose(torch.diagonal(s_x, dim1=1, dim2=2), torch.ones(3, s_x.shape[1]), atol=1e-5)
 

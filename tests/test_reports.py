@@ -349,3 +349,20 @@ def test_circularity_note_names_the_optimised_features_and_the_held_out_metric(t
     # a run without `optimises` has no such section
     md2, _ = reports.write_report(make_run(tmp_path / "plain", perf=False), n_boot=50, figures=False)
     assert "Metric circularity" not in md2.read_text()
+
+
+def test_fid_small_and_unequal_n_caveats_reach_report_and_tables(random_report: tuple[Path, Path],
+                                                                   random_run: Path) -> None:
+    from reports.tables import distribution_caveats
+
+    md = random_report[0].read_text()
+    table_md = next((random_run / "tables").glob("main_unpaired*.md")).read_text()
+    for text in (md, table_md):
+        assert "fewer than 2048 images" in text  # the run's FIDs use 3-4 generated vs 10 reference images
+        assert "image counts differ between methods" in text  # sdedit has 3, the others 4
+    rows = pd.DataFrame({"method": ["a", "b"], "metric": ["fid", "fid"], "source": "distribution",
+                         "n_gen": [5000.0, 5000.0], "n_ref": [10000.0, 10000.0]})
+    notes = distribution_caveats("t", rows)
+    assert len(notes) == 1 and "5000 generated vs 10000 reference" in notes[0] and "⚠" not in notes[0]
+    rows["n_gen"] = [100.0, 100.0]
+    assert any("fewer than 2048 images (N = 100)" in n for n in distribution_caveats("t", rows))

@@ -47,7 +47,7 @@ class DinoFeatures(nn.Module):
 
         self.extractor = extractor
         self.block = block % extractor.num_blocks
-        self.preprocess = replace(get_preprocess("splice"), short_side=short_side)
+        self.preprocess = replace(get_preprocess("antialiased"), short_side=short_side)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from eval.dino import self_similarity
