@@ -454,6 +454,9 @@ def _start_manifest(cfg: RunConfig, tasks: dict[str, tuple[Any, list[Any]]], pla
             "weights_label": "random" if p.source.startswith("tiny:") else "n/a" if p.source == "none" else "real",
             "config": config, "config_hash": config_hash(config),
             **({"optimises": list(card.optimises)} if card.optimises else {}),
+            **({"fixes": list(card.fixes)} if card.fixes else {}),
+            **({"variants": dict(card.variants)} if card.variants else {}),
+            **({"variants_on": card.active_variants(config)} if card.active_variants(config) else {}),
         }
     atomic_write_json(cfg.out / "manifest.json", manifest)
     return manifest
