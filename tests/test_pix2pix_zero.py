@@ -72,6 +72,10 @@ def test_card_defaults_follow_the_authors_and_tiny_preset_only_shortens_the_sche
     assert paper["num_inversion_steps"] == paper["num_inference_steps"] == 50
     assert (paper["lambda_ac"], paper["lambda_kl"], paper["num_reg_steps"], paper["num_ac_rolls"]) == (20, 20, 5, 5)
     assert (paper["xa_guidance"], paper["guidance_scale"], paper["inversion_guidance_scale"]) == (0.1, 5.0, 1.0)
+    assert paper["inversion_schedule"] == "authors"  # src/utils/ddim_inv.py; "mirror" is a listed variant
+    assert "inversion_schedule=mirror" in cls.card.variants
+    assert cls.card.active_variants(cls.resolve_config("paper", {"inversion_schedule": "mirror"})) == [
+        "inversion_schedule=mirror"]
     tiny = cls.resolve_config("tiny")
     assert {k for k in paper if paper[k] != tiny[k]} == {"num_inversion_steps", "num_inference_steps"}
     assert cls.resolve_config("paper", {"mode": "synthetic"})["xa_guidance"] == 0.15  # src/edit_synthetic.py
@@ -198,8 +202,8 @@ def test_inversion_without_regularizer_then_sampling_reconstructs_the_latent():
     7.1 (astronaut + chelsea, 64 px, 50 steps). Scaling its output layer by 0.01 gives a smooth noise field through
     the same architecture and code path (encode, inversion, reference pass); then the reconstruction error
     (relative L2 in latent space) behaves as DDIM inversion's should: measured 1.5% at 10 steps, 0.65% at 50,
-    0.36% at 100."""
-    m = model(cache_inversions=False)
+    0.36% at 100. (The exact-mirror schedule: the authors' 48-step loop, the default, skips the last level.)"""
+    m = model(cache_inversions=False, inversion_schedule="mirror")
     with torch.no_grad():
         m.engine.unet.conv_out.weight.mul_(0.01)
         m.engine.unet.conv_out.bias.mul_(0.01)
@@ -412,7 +416,7 @@ def test_synthetic_mode_starts_from_seeded_noise_and_ignores_the_input():
 
 
 @pytest.mark.parametrize("overrides", [
-    {"inversion_schedule": "authors"},
+    {"inversion_schedule": "mirror"},
     {"inversion_guidance_scale": 2.0},
     {"directions": "prompts"},
     {"prediction_type": "v_prediction"},
