@@ -121,8 +121,8 @@ class DiffuseIT(Translator):
         variants={
             "undo_beta=current": (
                 "the resampling step uses beta_t (RePaint's q(x_t | x_{t-1})) instead of the authors' beta_{t-1}: "
-                "1.6% more noise variance per undo at the paper's respacing 100 / skip 40; x0 rel 0.35 apart on the "
-                "tiny preset's short loop"),
+                "1.6% more noise variance per undo at the paper's respacing 100 / skip 40; the final x0 rel 0.53 apart "
+                "on the tiny preset (respacing 10, skip 4, 10 resamples)"),
             "encoder_resize=antialias": (
                 "antialiased (PIL-like) resizes for the DINO and CLIP inputs and each CLIP view as one bilinear "
                 "resampling instead of rotate(nearest) -> crop -> resize: DINO losses up to 22% and the guidance "

@@ -238,21 +238,41 @@ class CycleGANTurbo(_TurboBase):
         self.check_input(batch)
         gens = _generators(generator, len(batch))
         prompts = self.prompts_for(batch)
-        x = batch.images.to(device=self.device, dtype=self.dtype) * 2 - 1  # UnpairedDataset: Normalize([.5], [.5])
-        h, w = x.shape[2:]
+        images01 = batch.images
+        h, w = images01.shape[2:]
         res = self.config["resolution"]
-        if res:
+        lanczos = self.config["resize_filter"] == "lanczos"
+        if res and lanczos:  # inference_unpaired.py: build_transform('resize_512x512') on the 8-bit PIL image
+            images01 = _pil_resize(images01, (res, res), truncate=False)
+        x = images01.to(device=self.device, dtype=self.dtype) * 2 - 1  # UnpairedDataset: Normalize([.5], [.5])
+        if res and not lanczos:
             x = F.interpolate(x.float(), size=(res, res), mode="bicubic", antialias=True, align_corners=False)
             x = x.clamp(-1, 1).to(self.dtype)
         emb = self._prompts(prompts)
         with torch.no_grad():
             y = self.gen(x, emb, direction=batch.direction, generator=gens)
         y = y.float()
-        if res and (h, w) != (res, res):  # inference_unpaired.py resizes the output back to the input size
-            y = F.interpolate(y, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
-        images = (y * 0.5 + 0.5).clamp(0, 1).cpu()
+        if res and lanczos:  # ToPILImage (8 bits, truncated as `.byte()` does), LANCZOS back to the input size
+            images = _pil_resize((y * 0.5 + 0.5).clamp(0, 1).cpu(), (h, w), truncate=True)
+        else:
+            if res and (h, w) != (res, res):  # inference_unpaired.py resizes the output back to the input size
+                y = F.interpolate(y, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+            images = (y * 0.5 + 0.5).clamp(0, 1).cpu()
         extras = [{"direction": batch.direction, "prompt": p, "trained": self.trained} for p in prompts]
         return TranslationOutput(images=images, extras=extras)
+
+
+def _pil_resize(images01: Any, hw: tuple[int, int], *, truncate: bool) -> Any:
+    """Each [0, 1] image as an 8-bit PIL image (rounded, as a file loads; `truncate`: torchvision ToPILImage's
+    `mul(255).byte()`), resized to hw with PIL LANCZOS (a same-size image is only quantised), back to [0, 1] floats."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    x = images01.detach().float().cpu().clamp(0, 1) * 255
+    x8 = (x if truncate else x.round()).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = [np.asarray(Image.fromarray(np.ascontiguousarray(a)).resize((hw[1], hw[0]), Image.LANCZOS)) for a in x8]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255
 
 
 __all__ = ["OFFICIAL", "CycleGANTurbo", "Pix2PixTurbo"]
