@@ -286,7 +286,11 @@ def test_edit_concepts_come_from_where_the_prompts_differ(src, tgt, expected):
 def test_lm_bank_cleaning_and_offline_error(tiny):
     from methods.pix2pix_zero.directions import clean_lm_lines
 
-    assert clean_lm_lines(["1. A dog runs.", "", "a cat-like toy)"], "dog") == ["A dog runs", "a catlike toy, dog"]
+    # bloomz: the suffix rule on the raw line, then clean_l_sentences; flan-t5: cleaning only; empty lines dropped
+    assert clean_lm_lines(["1. A dog runs.", "", "a cat-like toy)"], "dog") == ["A dog runs", ", dog",
+                                                                              "a catlike toy, dog"]
+    assert clean_lm_lines(["a cat-like toy)", " 7. "], "t-rex", suffix=False) == ["a catlike toy"]
+    assert clean_lm_lines(["a t-rex"], "t-rex") == ["a trex"]  # checked before cleaning: no suffix
     with pytest.raises(WeightsNotFoundError, match="HF_HUB_OFFLINE"):
         tiny.engine.directions.concept_embedding("dog", "lm:google/flan-t5-xl")
 

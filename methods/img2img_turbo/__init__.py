@@ -124,6 +124,12 @@ class Pix2PixTurbo(_TurboBase):
         name="pix2pix-turbo", paper=f"{PAPER} (pix2pix-turbo)", year=2024, url=URL,
         kinds=frozenset({"paired", "sketch-to-image"}), needs_training=True, weights=_weights("pix2pix-turbo"),
         defaults=PAIRED_INFERENCE, license=LICENSE, size_multiple=8, min_size=8,
+        fixes=(
+            "stochastic mode restores the LoRA scales, conv_in blend and skip gamma after each call (upstream "
+            "leaves vae.decoder.gamma and the adapter weights at r, so a later deterministic call runs with them)",
+            "training: the generator's adversarial backward leaves no gradient in the discriminator (upstream "
+            "train_pix2pix_turbo.py steps D with it; issue #56 / PR #62)",
+        ),
     )
 
     @classmethod
@@ -199,6 +205,18 @@ class CycleGANTurbo(_TurboBase):
         name="cyclegan-turbo", paper=f"{PAPER} (CycleGAN-Turbo)", year=2024, url=URL, kinds=frozenset({"unpaired"}),
         needs_training=True, weights=_weights("cyclegan-turbo"), defaults=UNPAIRED_INFERENCE, license=LICENSE,
         size_multiple=8, min_size=8,
+        fixes=(
+            "our checkpoints store the trained UNet conv_in (upstream's save keeps only its LoRA; official files "
+            "load as the authors' loader runs them)",
+            "training: the skip convs' base weights train (PEFT froze them upstream) and the discriminator gets no "
+            "gradient from the generator's adversarial step (upstream zeroes it after the fact, PR #62)",
+        ),
+        variants={
+            "resize_filter=bicubic": (
+                "at a set resolution (official 512-px models) resize in float with antialiased bicubic instead of "
+                "the authors' PIL LANCZOS on 8-bit images: a 640x480 photo at 512 px is rel 6.3e-3 (max 0.078) "
+                "apart before the network; the tiny random model's outputs (48x80 at 64 px) rel 0.016, max 0.045"),
+        },
     )
 
     @classmethod

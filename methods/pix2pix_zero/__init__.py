@@ -86,6 +86,8 @@ class Pix2PixZero(Translator):
             "2024-09-05; diffusers' StableDiffusionPix2PixZeroPipeline still draws 0)",
             "batches > 1: the cross-attention loss is averaged per sample (upstream asserts batch 1; its mean over "
             "batch x heads would scale each sample's guidance step by 1/B)",
+            "language-model sentence banks drop lines that cleaning leaves empty (upstream's flan-t5 branch "
+            "averages the empty prompt's embedding into the bank)",
         ),
         variants={
             "inversion_schedule=mirror": (
