@@ -92,8 +92,8 @@ class Pix2PixZero(Translator):
         variants={
             "inversion_schedule=mirror": (
                 "inversion timesteps mirror the 50-step editing DDIM schedule exactly (50 steps, a[t-T/n] -> a[t]) "
-                "instead of the authors' 48-step loop: on the tiny SD-1.4 preset at 50 steps x_inv differs by rel "
-                "0.50 and the edited latent by rel 0.45 from the authors' EditingPipeline"),
+                "instead of the authors' 48-step loop: on the tiny SD-1.4 preset at 50 steps x_inv is rel 0.5-0.7 "
+                "away from the authors' DDIMInversion and the edited latent rel 0.45 from their EditingPipeline"),
         },
         size_multiple=8,
         min_size=32,  # latents of side >= 4 give the autocorrelation loss a non-trivial shift range
