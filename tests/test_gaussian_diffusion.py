@@ -66,6 +66,15 @@ def test_space_timesteps_matches_guided_diffusion(spacing):
     assert got == listed or got[:5] + got[-5:] == listed
 
 
+def test_fast27_matches_pitis_respace():
+    """PITI's own pretrained_diffusion/respace.py space_timesteps(1000, "fast27") (PITI-Synthesis/PITI d9f7481,
+    run unmodified): "10,10,3,2,2" with 999 replaced by 997."""
+    assert sorted(fast27_timesteps()) == [0, 22, 44, 66, 88, 111, 133, 155, 177, 199, 200, 222, 244, 266, 288, 311,
+                                          333, 355, 377, 399, 400, 500, 599, 600, 799, 800, 997]
+    assert sorted(space_timesteps(1000, "27")) == [0, 38, 77, 115, 154, 192, 231, 269, 307, 346, 384, 423, 461, 499,
+                                                   538, 576, 615, 653, 692, 730, 768, 807, 845, 884, 922, 961, 999]
+
+
 def test_beta_schedules():
     lin = get_named_beta_schedule("linear", 1000)
     assert lin[0] == pytest.approx(1e-4) and lin[-1] == pytest.approx(0.02)
