@@ -801,3 +801,68 @@ def test_sampler_reproduces_the_authors_guided_loop(loop):
         assert rel > 0.3, rel
     else:  # no resampling in DDIM: the undo rule does not matter
         assert torch.equal(got["current"], got["prev"])
+
+
+# -- the FFHQ backbone's ArcFace identity loss -------------------------------------------------------------------
+def test_arcface_irse50_imports_the_official_layout_and_gives_an_identity_loss(tmp_path):
+    """Synthetic weights in the official model_ir_se50.pth layout (a plain state dict, 'module.' prefixes
+    tolerated) load strictly; the embedding is unit-norm, the loss is 0 for the source itself and > 0 otherwise,
+    differentiable; a wrong file is a clear error."""
+    from methods.diffuseit.arcface import IRSE50, IdentityLoss, load_irse50
+
+    torch.manual_seed(0)
+    net = IRSE50().eval()
+    with torch.no_grad():  # non-trivial BN statistics
+        for mod in net.modules():
+            if isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                mod.running_mean.uniform_(-0.1, 0.1)
+                mod.running_var.uniform_(0.5, 1.5)
+    keys = list(net.state_dict())
+    assert "body.3.shortcut_layer.0.weight" in keys and "body.1.res_layer.5.fc1.weight" in keys
+    assert "body.0.shortcut_layer.0.weight" not in keys  # width-keeping units: a parameter-free strided identity
+    assert sum(1 for k in keys if k.endswith("res_layer.5.fc2.weight")) == 24
+    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, tmp_path / "model_ir_se50.pth")
+    loaded = load_irse50(tmp_path / "model_ir_se50.pth")
+    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    loss = IdentityLoss(loaded)
+    with torch.no_grad():
+        e = loss.embed(x)
+        assert torch.allclose(e, IdentityLoss(net).embed(x)) and torch.allclose(e.norm(dim=1), torch.ones(2))
+        assert torch.allclose(loss(x, x), torch.zeros(2), atol=1e-5)
+    y = x.flip(-1).clone().requires_grad_()
+    val = loss(y, x)
+    assert (val > 1e-4).all()
+    (g,) = torch.autograd.grad(val.sum(), y)
+    assert g.abs().sum() > 0 and g[:, :, :35].abs().sum() == 0  # only the face crop matters
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(WeightsNotFoundError, match="not an IR-SE50"):
+        load_irse50(tmp_path / "bad.pth")
+    with pytest.raises(WeightsNotFoundError, match="id_weights=PATH"):
+        load_irse50(tmp_path / "missing.pth")
+
+
+def test_ffhq_backbone_adds_the_identity_loss_and_the_0_1_restart_threshold(tmp_path):
+    from methods.diffuseit.arcface import IRSE50
+    from methods.diffuseit.pipeline import _Context
+
+    torch.manual_seed(0)
+    torch.save(IRSE50().eval().state_dict(), tmp_path / "ir.pth")
+    x, ref = photos(64)[:1], photos(64)[1:2]
+    m = methods.create("diffuseit", preset="tiny", id_weights=str(tmp_path / "ir.pth"))
+    plain = _Context(m.engine, m.config, x * 2 - 1, ref, None, None)
+    assert plain.idloss is None and plain.restart_threshold == 0.01
+    m.engine.backbone = "ffhq-256"  # the tiny UNet standing in for ffhq_10m.pt
+    ctx = _Context(m.engine, m.config, x * 2 - 1, ref, None, None)
+    assert ctx.idloss is not None and ctx.restart_threshold == 0.1
+    i = ctx.steps[1]
+    xt = ctx.diff.q_sample(x * 2 - 1, torch.full((1,), i), torch.randn(1, 3, 64, 64))
+    with_id = ctx.guide(xt, i, [0], gens(1))[3]
+    without = plain.guide(xt, i, [0], gens(1))[3]
+    assert not torch.allclose(with_id, without)
+    off = methods.create("diffuseit", preset="tiny", id_lambda=0)
+    off.engine.backbone = "ffhq-256"
+    assert _Context(off.engine, off.config, x * 2 - 1, ref, None, None).idloss is None
+    m2 = methods.create("diffuseit", preset="tiny")
+    m2.engine.backbone = "ffhq-256"
+    with pytest.raises(WeightsNotFoundError, match="id_lambda=0"):
+        _Context(m2.engine, m2.config, x * 2 - 1, ref, None, None)

@@ -104,8 +104,12 @@ class DiffuseIT(Translator):
                                                 "on: contrastive weight x2 once the CLIP loss < -0.5)"),
             "use_colormatch": HParam(True, f"{_SRC} README image-guided example --use_colormatch (MKL)"),
             "use_range_restart": HParam(True, f"{_SRC} README examples --use_range_restart"),
-            "range_restart_threshold": HParam(0.01, f"{_SRC} image_editor.py: restart if range loss x lambda > 0.01 "
-                                                    "(0.1 with --use_ffhq)"),
+            "range_restart_threshold": HParam(None, f"{_SRC} image_editor.py: restart if range loss x lambda > 0.01 "
+                                                    "(None: 0.01, or 0.1 on the FFHQ backbone as --use_ffhq)"),
+            "id_lambda": HParam(100.0, f"{_ARGS} --id_lambda 100: ArcFace identity loss, FFHQ backbone only "
+                                       "(id_loss.py IDLoss on the noise-mixed x0 vs the source)"),
+            "id_weights": HParam("", f"{_SRC} id_model/model_ir_se50.pth (ArcFace IR-SE50): its path; needed on the "
+                                     "FFHQ backbone unless id_lambda=0"),
             "max_restarts": HParam(3, "ours: upstream restarts without bound; capped per sample, warning at the cap"),
             "n_outputs": HParam(1, f"ours: outputs per sample ({_ARGS} --iterations_num 10); extras['outputs'] "
                                    "holds the ones after the first"),
@@ -259,5 +263,11 @@ def _validate(cfg: Mapping[str, Any]) -> None:
                          ("prev_cls", ("persistent", "reset"))):
         if cfg[key] not in allowed:
             raise InputError(f"diffuseit: {key} must be one of {allowed}, got {cfg[key]!r}")
+    if cfg["range_restart_threshold"] is not None:
+        try:
+            float(cfg["range_restart_threshold"])
+        except (TypeError, ValueError):
+            raise InputError(f"diffuseit: range_restart_threshold must be a number, got "
+                             f"{cfg['range_restart_threshold']!r}") from None
     if float(cfg["contra_tau"]) <= 0:
         raise InputError("diffuseit: contra_tau must be > 0")

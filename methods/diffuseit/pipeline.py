@@ -15,8 +15,10 @@ spec piti_and_diffuseit.md B.2-B.6):
    last starts over from a freshly noised input (at the last step the authors' loop keeps the sample: `if i == 0:
    break`), at most `max_restarts` times (upstream: unbounded); the last try runs to the end and a warning says the
    cap was hit.
-5. The output is the last step's x0 prediction; image-guided outputs are MKL colour-matched to the reference (on
-   the 8-bit image, as upstream matches the saved PNG).
+5. The output is the last step's x0 prediction; image-guided outputs are MKL colour-matched to the reference.
+
+On the FFHQ backbone (--use_ffhq upstream) the loss adds `id_lambda` x the ArcFace identity loss of the guided
+image against the source (`arcface.py`), and the range-restart threshold defaults to 0.1.
 
 Inputs and references are brought to `model_output_size` as the authors load their files: PIL LANCZOS on the
 8-bit image (optimization/image_editor.py `Image.resize(..., LANCZOS)`).
@@ -33,6 +35,8 @@ Deliberate differences from the authors' code (results equal up to float roundin
 - Batches > 1 (upstream: batch 1): every loss is per sample and the sum is differentiated, so each sample gets its
   own batch-of-1 gradient; every random draw of a sample (noise, resampling, CLIP views) comes from its generator.
 - Range restart is per sample and capped; DDIM (option) guides through `condition_score` (ADM's DDIM guidance).
+- Colour matching works on the float [0, 1] output (upstream: on its 8-bit PNG; the difference is below one 8-bit
+  step, and rounding first would make outputs depend on float noise, e.g. between batch sizes).
 - Upstream skips the remaining outputs (iterations) once the range check fired at a last step (its flag is never
   reset); every output is produced here.
 """
@@ -110,6 +114,7 @@ class DiffuseITEngine:
         self._clip: dict[str, tuple[ClipViews, ClipText]] = {}
         self._diffusion: dict[str, GaussianDiffusion] = {}
         self._text_cache: dict[tuple[str, str], torch.Tensor] = {}
+        self._identity: dict[str, Any] = {}
 
     def prompt_embedder(self, model_id: str, text: ClipText) -> Any:
         """Template-averaged prompt embeddings of one CLIP model, each prompt encoded once per engine (cached)."""
@@ -163,6 +168,14 @@ class DiffuseITEngine:
             out.append(self._clip[mid])
         return out
 
+    def identity(self, path: str) -> Any:
+        """The FFHQ backbone's ArcFace identity loss (IR-SE50 from the official model_ir_se50.pth at `path`)."""
+        if path not in self._identity:
+            from .arcface import IdentityLoss, load_irse50
+
+            self._identity[path] = IdentityLoss(load_irse50(path, self.device))
+        return self._identity[path]
+
     def networks(self, clip_ids: Sequence[str], dino_size: int) -> dict[str, Any]:
         nets: dict[str, Any] = {"unet": self.unet, "unet.backward": self.backward_pass, "dino": self.dino(dino_size)}
         for mid, (views, text) in zip(clip_ids, self.clip(clip_ids)):
@@ -209,9 +222,8 @@ class DiffuseITEngine:
             for i in range(b):
                 info[i]["restarts"] += restarts[i]
             img = (torch.cat(result) + 1) / 2
-            if not text and cfg["use_colormatch"]:  # on the 8-bit output, as upstream matches the saved PNG
-                img8 = (img.clamp(0, 1) * 255).round() / 255
-                img = torch.stack([mkl_transfer(img8[i], ref[i]) for i in range(b)])
+            if not text and cfg["use_colormatch"]:
+                img = torch.stack([mkl_transfer(img[i].clamp(0, 1), ref[i]) for i in range(b)])
             outs.append(img.clamp(0, 1))
         return outs, info
 
@@ -235,10 +247,16 @@ class _Context:
             w["lambda_trg"] = w["l2_trg_lambda"] = 0.0
         else:
             w["clip_guidance_lambda"] = 0.0
+        self.ffhq = eng.backbone == "ffhq-256"
+        thr = cfg["range_restart_threshold"]
+        self.restart_threshold = float(thr) if thr is not None else (0.1 if self.ffhq else 0.01)
+        # image_editor.py: with --use_ffhq, + id_lambda x IDLoss(x_in, init image) (ArcFace IR-SE50)
+        w["id_lambda"] = float(cfg["id_lambda"]) if self.ffhq else 0.0
+        self.idloss = eng.identity(str(cfg["id_weights"])) if w["id_lambda"] != 0 else None
         self.w = w
         self.use_dino = any(w[k] != 0 for k in ("lambda_ssim", "lambda_contra_ssim", "lambda_dir_cls", "lambda_trg"))
         self.guided = self.use_dino or any(w[k] != 0 for k in ("clip_guidance_lambda", "l2_trg_lambda",
-                                                                "range_lambda"))
+                                                                "range_lambda", "id_lambda"))
         self.antialias = str(cfg["encoder_resize"]) == "antialias"
         self.dino = eng.dino(int(cfg["dino_size"]), self.antialias)
         src01 = (x0 + 1) / 2
@@ -312,6 +330,8 @@ class _Context:
                 if self.cls_trg is not None:
                     total = total + w["lambda_trg"] * cls_mse(cls, self.cls_trg[idx])
                 self.prev_cls[idx] = cls.detach()
+            if self.idloss is not None:
+                total = total + w["id_lambda"] * self.idloss(x_in, self.x0[idx])
             if not self.text and w["l2_trg_lambda"] != 0:
                 total = total + w["l2_trg_lambda"] * (x_in - self.ref[idx]).square().mean(dim=(1, 2, 3))
             grad = -eng.backward_pass(total.sum(), x_req)
@@ -359,7 +379,7 @@ class _Context:
                 # range restart: checked after every step but the first (image_editor.py: t < total_steps) and
                 # acted on before the last (the progressive loop keeps the sample at i == 0)
                 if cfg["use_range_restart"] and 0 < i < first:
-                    over = (r_w > float(cfg["range_restart_threshold"])).tolist()
+                    over = (r_w > self.restart_threshold).tolist()
                     keep = []
                     for k, j in enumerate(alive):
                         if over[k] and can_restart[j]:
