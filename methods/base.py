@@ -53,6 +53,13 @@ class MethodCard:
     #: in MetricSpec.reads (e.g. "dino-vitb8/block11/keys", "clip:ViT-B-32/openai"). A metric reading one of them
     #: favours the method; the report says so and points to the held-out metric.
     optimises: tuple[str, ...] = ()
+    #: Bugs in the authors' released code that this implementation fixes by default, each one short line naming
+    #: the upstream code and the fix. Apart from these, the defaults reproduce the authors' released algorithm.
+    fixes: tuple[str, ...] = ()
+    #: Opt-in deviations from the authors' algorithm, off by default: "option" (any non-default value) or
+    #: "option=value" -> what it changes and its measured effect. Every key names an option of `defaults`, so a run
+    #: that turns one on differs from the defaults in its config (and shows it in its table row).
+    variants: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.strip().lower() or " " in self.name:
@@ -65,10 +72,35 @@ class MethodCard:
         for key, hp in self.defaults.items():
             if not isinstance(hp, HParam):
                 raise TypeError(f"method {self.name!r}: default {key!r} must be an HParam(value, source)")
+        for fix in self.fixes:
+            if not isinstance(fix, str) or not fix.strip():
+                raise TypeError(f"method {self.name!r}: fixes must be non-empty strings, got {fix!r}")
+        for key, text in self.variants.items():
+            option, eq, value = key.partition("=")
+            if option not in self.defaults:
+                raise ValueError(f"method {self.name!r}: variant {key!r} names no option of the card "
+                                 f"(options: {', '.join(sorted(self.defaults))})")
+            if eq and value == str(self.defaults[option].value):
+                raise ValueError(f"method {self.name!r}: variant {key!r} is the default value, not a variant")
+            if not isinstance(text, str) or not text.strip():
+                raise TypeError(f"method {self.name!r}: variant {key!r} needs a description")
 
     def default_config(self) -> dict[str, Any]:
         """The defaults as plain values (what a run uses unless overridden)."""
         return {k: hp.value for k, hp in self.defaults.items()}
+
+    def active_variants(self, config: Mapping[str, Any]) -> list[str]:
+        """The variants a resolved config turns on: "option=value" for each listed option whose value differs
+        from the default (an "option=value" entry only when the value matches)."""
+        out = []
+        for key in self.variants:
+            option, eq, value = key.partition("=")
+            if option not in config or config[option] == self.defaults[option].value:
+                continue
+            if eq and str(config[option]) != value:
+                continue
+            out.append(f"{option}={config[option]}")
+        return list(dict.fromkeys(out))
 
     def resolve_config(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Defaults updated with user overrides; an unknown key is an error naming the known ones.

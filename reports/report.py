@@ -236,6 +236,34 @@ def _circularity_rows(run: Run) -> list[list[str]]:
     return rows
 
 
+def _method_sections(run: Run) -> list[tuple[str, str, list[str], list[tuple[str, str, bool]]]]:
+    """Per method of the run with a card record: (name, paper line, upstream fixes kept on, [(variant, what it
+    changes and its measured effect, on in this run)]) from the manifest's `fixes` / `variants` / `variants_on`."""
+    out = []
+    for method in run.methods:
+        info = run.method_info(method)
+        fixes = [str(f) for f in info.get("fixes") or []]
+        variants = info.get("variants") or {}
+        if not isinstance(variants, dict):
+            variants = {}
+        on = [str(v) for v in info.get("variants_on") or []]
+        if not (fixes or variants or on):
+            continue
+        paper = " · ".join(str(info[k]) for k in ("paper", "url") if info.get(k))
+        rows = []
+        for key, text in variants.items():
+            option = str(key).partition("=")[0]
+            hits = [v for v in on if v.partition("=")[0] == option and ("=" not in str(key) or v == key)]
+            rows.append((str(key), str(text), bool(hits)))
+        out.append((method, paper, fixes, rows))
+    return out
+
+
+METHODS_NOTE = ("Each method's default configuration reproduces its authors' released code. Listed per method: the "
+                "upstream bugs fixed by default, and the opt-in variants (deviations from the authors' algorithm); a "
+                "variant turned on in this run is marked and named in the method's row.")
+
+
 CIRCULARITY_NOTE = ("These methods optimise the very features these metrics read (e.g. DiffuseIT's structure losses "
                     "are built on DINO ViT-B/8 last-block keys, the features of DINO-Struct; its CLIP loss uses "
                     "ViT-B/32 and B/16 among others), so those columns favour them. Compare the held-out columns "
@@ -309,6 +337,18 @@ def render_markdown(data: ReportData) -> str:
             pdf = rel[:-4] + ".pdf"
             out += [f"**{_md(caption)}** ([PDF]({pdf}))", "", f"![{_md(caption)}]({rel})", ""]
 
+    methods = _method_sections(run)
+    if methods:
+        out += ["## Methods", "", METHODS_NOTE, ""]
+        for name, paper, fixes, variants in methods:
+            out += [f"### {_md(name)}", ""]
+            if paper:
+                out += [_md(paper), ""]
+            out += ["Upstream fixes kept on:" if fixes else "Upstream fixes kept on: none.", ""]
+            out += [f"- {_md(f)}" for f in fixes] + ([""] if fixes else [])
+            if variants:
+                out += [_md_table(["variant", "in this run", "what it changes (measured effect)"],
+                                  [[k, "ON" if on else "off", t] for k, t, on in variants]), ""]
     if run.metric_info:
         headers, rows = _metric_rows(run)
         out += ["## Metrics", "", "Definitions as recorded by the run (`metrics/metric_info.json`); values are in "
@@ -417,6 +457,21 @@ def render_html(data: ReportData) -> str:
             out.append(f'<figure><img alt="{e(caption)}" src="{_data_uri(png)}"><figcaption>{e(caption)}'
                        "</figcaption></figure>")
 
+    methods = _method_sections(run)
+    if methods:
+        out += ['<h2 id="methods">Methods</h2>', f"<p>{e(METHODS_NOTE)}</p>"]
+        for name, paper, fixes, variants in methods:
+            out.append(f"<h3>{e(name)}</h3>")
+            if paper:
+                out.append(f'<p class="facts">{e(paper)}</p>')
+            if fixes:
+                out.append("<p>Upstream fixes kept on:</p><ul>" + "".join(f"<li>{e(f)}</li>" for f in fixes)
+                           + "</ul>")
+            else:
+                out.append("<p>Upstream fixes kept on: none.</p>")
+            if variants:
+                out.append(_html_table(["variant", "in this run", "what it changes (measured effect)"],
+                                       [[k, "ON" if on else "off", t] for k, t, on in variants]))
     if run.metric_info:
         headers, rows = _metric_rows(run)
         out += ["<h2>Metrics</h2>", "<p>Definitions as recorded by the run (<code>metrics/metric_info.json</code>); "

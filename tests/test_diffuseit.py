@@ -356,15 +356,18 @@ def tiny():
     return methods.create("diffuseit", preset="tiny")
 
 
-def test_unguided_sampler_equals_respaced_ddpm_reference(tiny):
+@pytest.mark.parametrize("undo_beta", ["prev", "current"])
+def test_unguided_sampler_equals_respaced_ddpm_reference(tiny, undo_beta):
     """All guidance weights 0: the sampler is plain respaced learned-range DDPM from the noised input, stepped here by
-    diffusers' DDPMScheduler over the ADM-respaced timesteps (resampling's forward step written by hand)."""
+    diffusers' DDPMScheduler over the ADM-respaced timesteps (resampling's forward step written by hand, with the
+    authors' beta of respaced index t-1 by default, beta_t with undo_beta="current")."""
     from diffusers import DDPMScheduler
 
     from methods.common.tiny import ADM_SCHEDULER
 
-    model = methods.create("diffuseit", preset="tiny", resample_num=3, mode="text", **ALL_WEIGHTS_OFF)
-    x = photos(64)[:1]
+    model = methods.create("diffuseit", preset="tiny", resample_num=3, mode="text", undo_beta=undo_beta,
+                           **ALL_WEIGHTS_OFF)
+    x = (photos(64)[:1] * 255).round() / 255  # the input goes in as an 8-bit image, as the authors read files
     got = model.translate(text_batch(x), generator=[torch.Generator().manual_seed(7)]).images
 
     unet = tiny.engine.unet
@@ -381,8 +384,8 @@ def test_unguided_sampler_equals_respaced_ddpm_reference(tiny):
             for r in range(3 if k == 0 else 1):
                 res = sched.step(unet(xt, torch.tensor([float(t)])).sample, t, xt, generator=g)
                 xt = res.prev_sample
-                if k == 0 and r < 2:  # one forward step with the respaced beta_t
-                    beta = 1 - ac[t] / ac[steps[1]]
+                if k == 0 and r < 2:  # one forward step with the respaced beta_{t-1} (or beta_t)
+                    beta = 1 - ac[steps[1]] / ac[steps[2]] if undo_beta == "prev" else 1 - ac[t] / ac[steps[1]]
                     xt = torch.sqrt(1 - beta) * xt + torch.sqrt(beta) * torch.randn(xt.shape, generator=g)
     want = ((res.pred_original_sample + 1) / 2).clamp(0, 1)
     # measured ~9e-6: diffusers keeps the schedule in float32, guided-diffusion (and ours) in float64, and the random
@@ -419,8 +422,8 @@ def test_mcg_step_lowers_the_guidance_loss(mode):
 
     def loss_at(z):
         g = [torch.Generator().manual_seed(11 + j) for j in range(2)]
-        prev = {"cls": ctx.feat_src[2]}
-        return ctx.guide(z, i, [0, 1], g, prev)
+        ctx.prev_cls = ctx.feat_src[2].clone()
+        return ctx.guide(z, i, [0, 1], g)
 
     out, grad, _, before = loss_at(xt)
     shifted = diff.condition_mean(out, grad) - out["mean"]
@@ -428,7 +431,7 @@ def test_mcg_step_lowers_the_guidance_loss(mode):
     assert (after < before).all(), (before, after)
     off = _context(methods.create("diffuseit", preset="tiny", mode=mode, **ALL_WEIGHTS_OFF), x, ref,
                    (["a cat"] * 2, ["a dog"] * 2) if mode == "text" else None)
-    assert off.guide(xt, i, [0, 1], gens(2), {"cls": None})[1] is None
+    assert off.guide(xt, i, [0, 1], gens(2))[1] is None
 
 
 @pytest.fixture(scope="module")
@@ -529,7 +532,8 @@ def test_networks_cover_every_network_call(tiny):
     steps = 10 - TINY_DEFAULTS["skip_timesteps"] + TINY_DEFAULTS["resample_num"] - 1  # 7 guided steps
     assert calls["unet"].calls == calls["unet.backward"].calls == steps
     assert calls["dino"].calls == steps + 1  # + the source image, once
-    assert all(calls[f"clip[{m}].image"].calls == steps for m in ids)
+    # + E_I(source) for the target direction and the source's loss (upstream's initial loss_prev), as upstream
+    assert all(calls[f"clip[{m}].image"].calls == steps + 2 for m in ids)
     assert all(calls[f"clip[{m}].text"].calls == 1 for m in ids)  # both new prompts, all templates, in one call
 
 
@@ -612,11 +616,11 @@ def test_clip_directional_loss_is_minimal_when_the_views_embed_at_the_target(tin
     d = ClipDirection([v for v, _ in towers], [tiny.engine.prompt_embedder(m, t) for m, (_, t) in
                                                zip(["ViT-B-32/openai", "RN50/openai"], towers)],
                       ["a cat"], ["a dog"], x, lambda_src_text=0.4, lambda_src_image=0.2)
-    ident = torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.0, 0.0]] * 2, dtype=torch.float64)
+    ident = [(0.0, 0, 0, 224, 224, False)]  # no rotation, the whole image, no flip
     with torch.no_grad():
-        d.targets = [v.clip.encode_image(x, resize="shortest") for v, _ in towers]  # target = the image itself
-        at_min = d.loss(x, [ident], [0])
-        moved = [d.loss(p, [ident], [0]) for p in perturbations(x)[1:]]
+        d.targets = [d.test_embedding(v, x) for v, _ in towers]  # target = the image itself
+        at_min = d.loss(x, [[ident, ident]], [0])
+        moved = [d.loss(p, [[ident, ident]], [0]) for p in perturbations(x)[1:]]
     assert at_min.item() == pytest.approx(-1.0, abs=1e-5)
     assert all(m.item() > at_min.item() + 1e-6 for m in moved)
 
@@ -639,3 +643,227 @@ def test_mkl_colour_transfer_matches_the_reference_statistics():
     # (agreed with the color-matcher package's "mkl" to 1e-4 when checked by hand; the package is GPL-3.0 and
     # installs a top-level `tests` package, so it is not a dependency)
     assert (o - s).square().mean() < (alt - s).square().mean()
+
+
+# -- the authors' preprocessing, templates and loop details ------------------------------------------------------
+def test_templates_are_the_authors_79():
+    """DiffuseIT src/template.py (cyclomon/DiffuseIT 8386b9a): CLIP's 80 ImageNet templates, same order, without
+    'a photo of many {}.'; 79 entries, sha256 of the newline-joined list 9cf11dc6bfc24c77... (computed on the file)."""
+    import hashlib
+
+    from methods.diffuseit.losses import imagenet_templates
+
+    t = imagenet_templates()
+    assert len(t) == 79 and "a photo of many {}." not in t
+    assert t[0] == "a bad photo of a {}." and t[-1] == "a tattoo of the {}."
+    assert hashlib.sha256("\n".join(t).encode()).hexdigest()[:16] == "9cf11dc6bfc24c77"
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (80, 64)])
+def test_clip_views_equal_torchvision_train_prep(hw):
+    """The authors' view = torchvision RandomRotation(10) -> RandomResizedCrop(size, (0.8, 1), (0.9, 1.1)) ->
+    RandomHorizontalFlip on the tensor (0.10: no antialiasing). Our draws from a generator seeded like the global
+    RNG give the same parameters, and the same pixels."""
+    from torchvision import transforms as T
+
+    from methods.diffuseit.losses import authors_views, draw_views
+
+    x = torch.rand(1, 3, *hw, generator=torch.Generator().manual_seed(3))
+    prep = torch.nn.Sequential(T.RandomRotation(10), T.RandomResizedCrop(48, scale=(0.8, 1), ratio=(0.9, 1.1),
+                                                                         antialias=False), T.RandomHorizontalFlip())
+    torch.manual_seed(5)
+    want = torch.cat([prep(x[0])[None] for _ in range(6)])
+    views = draw_views(6, torch.Generator().manual_seed(5), *hw)
+    got = authors_views(x, views, 48)
+    assert torch.allclose(got, want, atol=1e-6), (got - want).abs().max()
+    assert len({v[5] for v in views}) == 2 or len(views) < 4  # both flips occur in 6 draws at this seed
+
+
+def test_dino_and_clip_inputs_resize_without_antialiasing_as_the_authors():
+    from torchvision import transforms as T
+
+    from methods.diffuseit.losses import clip_test_view, dino_input
+
+    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    # model_vit/loss_vit.py global_transform on torchvision 0.10 tensors: Resize(224, max_size=480), no antialias
+    ref = T.Compose([T.Resize(224, max_size=480, antialias=False),
+                     T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    assert torch.allclose(dino_input(x), torch.stack([ref(i) for i in x]), atol=1e-6)
+    assert (dino_input(x) - dino_input(x, antialias=True)).abs().max() > 0.1  # white noise: aliasing matters
+    # src/vqc_core.py test_prep (before the CLIP normalisation): Resize(224) + CenterCrop(224)
+    tp = T.Compose([T.Resize(224, antialias=False), T.CenterCrop(224)])
+    assert torch.allclose(clip_test_view(x, 224), torch.stack([tp(i) for i in x]), atol=1e-6)
+
+
+def test_inputs_are_read_as_8bit_lanczos_like_the_authors_files():
+    from PIL import Image
+
+    from methods.diffuseit.pipeline import load_like_authors
+
+    x = photos(96)[:2]
+    x8 = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    want = np.stack([np.asarray(Image.fromarray(a).resize((64, 64), Image.LANCZOS)) for a in x8])
+    got = load_like_authors(x, 64)
+    assert torch.equal((got * 255).round().to(torch.uint8).permute(0, 2, 3, 1), torch.from_numpy(want))
+    assert torch.equal(load_like_authors(x, 96), torch.from_numpy(x8).permute(0, 3, 1, 2).float() / 255)
+
+
+def test_range_check_at_the_last_step_keeps_the_sample():
+    """The authors' progressive loop breaks out at i == 0 and keeps that sample (`if i == 0: break`); with only
+    steps 1 -> 0 left after the first, a check that fires every step (random UNet) restarts nothing."""
+    x = photos(64)[:1]
+    ref = photos(64)[1:2]
+    m = methods.create("diffuseit", preset="tiny", use_range_restart=True, range_restart_threshold=0.0,
+                       skip_timesteps=8, max_restarts=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = m.translate(image_batch(x, ref), generator=gens(1))
+    assert out.extras[0]["restarts"] == 0 and not out.extras[0]["range_restart_cap_hit"]
+    # one step earlier (steps 2 -> 1 -> 0) the check at step 1 restarts, up to the cap
+    m2 = methods.create("diffuseit", preset="tiny", use_range_restart=True, range_restart_threshold=0.0,
+                        skip_timesteps=7, max_restarts=2)
+    with pytest.warns(UserWarning, match="after 2 restarts"):
+        assert m2.translate(image_batch(x, ref), generator=gens(1)).extras[0]["restarts"] == 2
+
+
+def test_ddim_path_does_not_resample():
+    """guided-diffusion's ddim_sample_loop_progressive in DiffuseIT has no resampling at the first step."""
+    from eval.timing import count_network_calls
+
+    m = methods.create("diffuseit", preset="tiny", ddim=True, resample_num=5)
+    with count_network_calls(m.networks()) as calls:
+        m.translate(image_batch(photos(64)[:1], photos(64)[1:2]), generator=gens(1))
+    assert calls["unet"].calls == 10 - TINY_DEFAULTS["skip_timesteps"]
+
+
+def test_prev_cls_persists_over_outputs_and_prog_contrast_changes_text_guidance():
+    x, ref = photos(64)[:1], photos(64)[1:2]
+    kw = dict(n_outputs=2, lambda_dir_cls=1e4)
+    a = methods.create("diffuseit", preset="tiny", **kw).translate(image_batch(x, ref), generator=gens(1))
+    b = methods.create("diffuseit", preset="tiny", prev_cls="reset", **kw).translate(image_batch(x, ref),
+                                                                                   generator=gens(1))
+    assert torch.equal(a.images, b.images)  # the first output starts from the source's [CLS] either way
+    assert not torch.equal(a.extras[0]["outputs"][0], b.extras[0]["outputs"][0])  # the second carries the first's
+    t0 = methods.create("diffuseit", preset="tiny").translate(text_batch(x), generator=gens(1)).images
+    t1 = methods.create("diffuseit", preset="tiny", use_prog_contrast=True).translate(text_batch(x),
+                                                                                       generator=gens(1)).images
+    assert not torch.equal(t0, t1)  # random CLIP: loss ~0 > -0.5, so the contrastive weight is halved
+    assert methods.get("diffuseit").card.active_variants(
+        methods.get("diffuseit").resolve_config("paper", {"prev_cls": "reset"})) == ["prev_cls=reset"]
+
+
+# -- reference values from the authors' code ------------------------------------------------------------------------
+# Produced by running DiffuseIT's own guided_diffusion package (cyclomon/DiffuseIT 8386b9a, guided_diffusion/
+# guided_diffusion: create_model_and_diffusion, SpacedDiffusion.p_sample_loop_progressive /
+# ddim_sample_loop_progressive)
+# unmodified, with a cond_fn written as optimization/image_editor.py's for an image-guided edit whose DINO weights are 0
+# (noise-mixed x0, range loss x 0.2, pixel MSE to the reference x 3.0, no restart), on the tiny preset's ADM UNet
+# exported to the official key layout (UNetModel(64 px, 32 ch, mult 1,2,2, 1 res block, attention at 32,16, head 32);
+# the export round-trips through convert_adm_state_dict exactly), respacing "10", skip 4, 10 resamples, inputs
+# skimage astronaut / coffee resized to 64 px with PIL LANCZOS, global seed 1234 (the same draws as one generator
+# seeded 1234 here). Recorded: the last step's x0 prediction, channel c, row 30, columns 20-23, and its std.
+AUTHORS_LOOP = {
+    "ddpm": ([[1.1096407, 27.751511, -6.8490567, -23.639116], [-27.182053, -7.8787155, -29.848110, 4.8946342],
+              [-67.619835, 12.103746, -30.944756, -39.400600]], 35.252934),
+    "ddim": ([[-9.5461140, -1.3985672, 2.0614343, -10.021834], [0.74632162, 1.3203926, 0.69702858, -1.5253543],
+              [-5.2722220, -3.2727067, -8.4122486, -6.9855070]], 5.2125797),
+}
+
+
+@pytest.mark.parametrize("loop", ["ddpm", "ddim"])
+def test_sampler_reproduces_the_authors_guided_loop(loop):
+    """Our default loop (undo with beta_{t-1}, 10 resamples in DDPM, none in DDIM, MCG on the noise-mixed x0) gives
+    the authors' numbers to float rounding (measured: rel 9e-7 on the DDPM slice). With the pre-alignment resampling
+    (undo_beta="current") the DDPM x0 is rel 0.53 away (0.61 on the slice)."""
+    import skimage.data as skd
+    from PIL import Image
+
+    from methods.diffuseit.pipeline import _Context
+
+    def load(a):
+        img = Image.fromarray(a).resize((64, 64), Image.LANCZOS)
+        return torch.from_numpy(np.asarray(img)).permute(2, 0, 1)[None].float() / 255
+
+    x, ref = load(skd.astronaut()), load(skd.coffee())
+    want, want_std = AUTHORS_LOOP[loop]
+    want = torch.tensor(want)
+    got = {}
+    for undo in ("prev", "current"):
+        m = methods.create("diffuseit", preset="tiny", mode="image", resample_num=10, lambda_ssim=0,
+                           lambda_contra_ssim=0, lambda_dir_cls=0, lambda_trg=0, l2_trg_lambda=3.0, range_lambda=0.2,
+                           use_colormatch=False, use_range_restart=False, ddim=loop == "ddim", undo_beta=undo)
+        ctx = _Context(m.engine, m.config, x * 2 - 1, ref, None, None)
+        got[undo] = ctx.sample([0], [torch.Generator().manual_seed(1234)], [False]).images
+    sl = got["prev"][0, :, 30, 20:24]
+    assert torch.allclose(sl, want, rtol=1e-4, atol=1e-4 * want.abs().max()), (sl, want)
+    assert got["prev"].std().item() == pytest.approx(want_std, rel=1e-5)
+    if loop == "ddpm":
+        rel = ((got["current"] - got["prev"]).norm() / got["prev"].norm()).item()
+        assert rel > 0.3, rel
+    else:  # no resampling in DDIM: the undo rule does not matter
+        assert torch.equal(got["current"], got["prev"])
+
+
+# -- the FFHQ backbone's ArcFace identity loss -------------------------------------------------------------------
+def test_arcface_irse50_imports_the_official_layout_and_gives_an_identity_loss(tmp_path):
+    """Synthetic weights in the official model_ir_se50.pth layout (a plain state dict, 'module.' prefixes
+    tolerated) load strictly; the embedding is unit-norm, the loss is 0 for the source itself and > 0 otherwise,
+    differentiable; a wrong file is a clear error."""
+    from methods.diffuseit.arcface import IRSE50, IdentityLoss, load_irse50
+
+    torch.manual_seed(0)
+    net = IRSE50().eval()
+    with torch.no_grad():  # non-trivial BN statistics
+        for mod in net.modules():
+            if isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                mod.running_mean.uniform_(-0.1, 0.1)
+                mod.running_var.uniform_(0.5, 1.5)
+    keys = list(net.state_dict())
+    assert "body.3.shortcut_layer.0.weight" in keys and "body.1.res_layer.5.fc1.weight" in keys
+    assert "body.0.shortcut_layer.0.weight" not in keys  # width-keeping units: a parameter-free strided identity
+    assert sum(1 for k in keys if k.endswith("res_layer.5.fc2.weight")) == 24
+    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, tmp_path / "model_ir_se50.pth")
+    loaded = load_irse50(tmp_path / "model_ir_se50.pth")
+    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    loss = IdentityLoss(loaded)
+    with torch.no_grad():
+        e = loss.embed(x)
+        assert torch.allclose(e, IdentityLoss(net).embed(x)) and torch.allclose(e.norm(dim=1), torch.ones(2))
+        assert torch.allclose(loss(x, x), torch.zeros(2), atol=1e-5)
+    y = x.flip(-1).clone().requires_grad_()
+    val = loss(y, x)
+    assert (val > 1e-4).all()
+    (g,) = torch.autograd.grad(val.sum(), y)
+    assert g.abs().sum() > 0 and g[:, :, :35].abs().sum() == 0  # only the face crop matters
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(WeightsNotFoundError, match="not an IR-SE50"):
+        load_irse50(tmp_path / "bad.pth")
+    with pytest.raises(WeightsNotFoundError, match="id_weights=PATH"):
+        load_irse50(tmp_path / "missing.pth")
+
+
+def test_ffhq_backbone_adds_the_identity_loss_and_the_0_1_restart_threshold(tmp_path):
+    from methods.diffuseit.arcface import IRSE50
+    from methods.diffuseit.pipeline import _Context
+
+    torch.manual_seed(0)
+    torch.save(IRSE50().eval().state_dict(), tmp_path / "ir.pth")
+    x, ref = photos(64)[:1], photos(64)[1:2]
+    m = methods.create("diffuseit", preset="tiny", id_weights=str(tmp_path / "ir.pth"))
+    plain = _Context(m.engine, m.config, x * 2 - 1, ref, None, None)
+    assert plain.idloss is None and plain.restart_threshold == 0.01
+    m.engine.backbone = "ffhq-256"  # the tiny UNet standing in for ffhq_10m.pt
+    ctx = _Context(m.engine, m.config, x * 2 - 1, ref, None, None)
+    assert ctx.idloss is not None and ctx.restart_threshold == 0.1
+    i = ctx.steps[1]
+    xt = ctx.diff.q_sample(x * 2 - 1, torch.full((1,), i), torch.randn(1, 3, 64, 64))
+    with_id = ctx.guide(xt, i, [0], gens(1))[3]
+    without = plain.guide(xt, i, [0], gens(1))[3]
+    assert not torch.allclose(with_id, without)
+    off = methods.create("diffuseit", preset="tiny", id_lambda=0)
+    off.engine.backbone = "ffhq-256"
+    assert _Context(off.engine, off.config, x * 2 - 1, ref, None, None).idloss is None
+    m2 = methods.create("diffuseit", preset="tiny")
+    m2.engine.backbone = "ffhq-256"
+    with pytest.raises(WeightsNotFoundError, match="id_lambda=0"):
+        _Context(m2.engine, m2.config, x * 2 - 1, ref, None, None)

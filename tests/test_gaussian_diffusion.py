@@ -38,6 +38,43 @@ def test_space_timesteps_rules():
         space_timesteps(1000, "ddim999")
 
 
+# Reference values: guided-diffusion `guided_diffusion/respace.py` space_timesteps, run unmodified
+# (openai/guided-diffusion 22e0df8183507e13a7813f8d38d51b072ca1e67c; DiffuseIT and PITI vendor the same function)
+# on num_timesteps=1000; (count, sum, full sorted list or first/last five).
+UPSTREAM_SPACINGS = {
+    "21": (21, 10489, [0, 50, 100, 150, 200, 250, 300, 350, 400, 450, 499, 549, 599, 649, 699, 749, 799, 849, 899,
+                       949, 999]),
+    "7": (7, 3496, [0, 166, 333, 500, 666, 832, 999]),
+    "10,10,3,2,2": (27, 8687, [0, 22, 44, 66, 88, 111, 133, 155, 177, 199, 200, 222, 244, 266, 288, 311, 333, 355,
+                               377, 399, 400, 500, 599, 600, 799, 800, 999]),
+    "7,13": (20, 11491, [0, 83, 166, 250, 333, 416, 499, 500, 542, 583, 625, 666, 708, 750, 791, 833, 874, 916, 957,
+                         999]),
+    "3,5,9": (17, 10496, [0, 166, 333, 334, 417, 500, 583, 666, 667, 709, 750, 791, 833, 875, 916, 957, 999]),
+    "100": (100, 49950, [0, 10, 20, 30, 40, 959, 969, 979, 989, 999]),
+    "250": (250, 124875, [0, 4, 8, 12, 16, 983, 987, 991, 995, 999]),
+    "999": (999, 499000, [0, 1, 2, 3, 4, 995, 996, 997, 998, 999]),
+}
+
+
+@pytest.mark.parametrize("spacing", sorted(UPSTREAM_SPACINGS))
+def test_space_timesteps_matches_guided_diffusion(spacing):
+    """Odd counts round the ACCUMULATED position (`cur_idx += frac_stride`), not j * stride: for "21" upstream keeps
+    499 where j * stride rounds to 500 (278 of the 1000 single-section strings differ between the two rules)."""
+    n, total, listed = UPSTREAM_SPACINGS[spacing]
+    got = sorted(space_timesteps(1000, spacing))
+    assert len(got) == n and sum(got) == total
+    assert got == listed or got[:5] + got[-5:] == listed
+
+
+def test_fast27_matches_pitis_respace():
+    """PITI's own pretrained_diffusion/respace.py space_timesteps(1000, "fast27") (PITI-Synthesis/PITI d9f7481,
+    run unmodified): "10,10,3,2,2" with 999 replaced by 997."""
+    assert sorted(fast27_timesteps()) == [0, 22, 44, 66, 88, 111, 133, 155, 177, 199, 200, 222, 244, 266, 288, 311,
+                                          333, 355, 377, 399, 400, 500, 599, 600, 799, 800, 997]
+    assert sorted(space_timesteps(1000, "27")) == [0, 38, 77, 115, 154, 192, 231, 269, 307, 346, 384, 423, 461, 499,
+                                                   538, 576, 615, 653, 692, 730, 768, 807, 845, 884, 922, 961, 999]
+
+
 def test_beta_schedules():
     lin = get_named_beta_schedule("linear", 1000)
     assert lin[0] == pytest.approx(1e-4) and lin[-1] == pytest.approx(0.02)

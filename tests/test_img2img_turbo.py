@@ -550,3 +550,23 @@ def test_official_checkpoints_are_registered_with_url_caption_direction(monkeypa
     monkeypatch.setenv("I2I_ZOO_OFFLINE", "1")
     with pytest.raises(methods.WeightsNotFoundError, match="--weights"):
         methods.create("cyclegan-turbo", preset="day_to_night")
+
+
+def test_official_resolution_resizes_like_inference_unpaired():
+    """inference_unpaired.py at --image_prep resize_512x512: the 8-bit PIL input resized with LANCZOS, the output
+    taken to 8 bits by ToPILImage (truncating) and resized back with LANCZOS. At resolution = input size only the
+    8-bit steps remain; resize_filter="bicubic" (a listed variant) keeps floats."""
+    from methods.img2img_turbo import _pil_resize
+
+    x = (torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255).round() / 255  # an 8-bit image
+    b = TranslationInput(images=x, src_prompts=["a"], tgt_prompts=["b"])
+    lz = methods.create("cyclegan-turbo", preset="tiny", resolution=64).translate(
+        b, generator=[torch.Generator().manual_seed(0)]).images
+    bc = methods.create("cyclegan-turbo", preset="tiny", resolution=64, resize_filter="bicubic").translate(
+        b, generator=[torch.Generator().manual_seed(0)]).images
+    assert torch.equal(lz * 255, (lz * 255).round())  # 8-bit output
+    assert (lz - bc).abs().max() <= 1 / 255 + 1e-5 and (bc - lz).min() >= -1e-5  # truncated, not rounded
+    y = torch.rand(1, 3, 48, 80)
+    assert torch.equal(_pil_resize(y, (48, 80), truncate=True), (y * 255).to(torch.uint8).float() / 255)
+    card = methods.get("cyclegan-turbo").card
+    assert card.active_variants({**card.default_config(), "resize_filter": "bicubic"}) == ["resize_filter=bicubic"]

@@ -231,3 +231,15 @@ def test_memory_options_keep_the_math():
     acc = methods.create("pix2pix-turbo", preset="tiny")
     acc.fit(task, {**FAST, "max_train_steps": 1, "gradient_accumulation_steps": 2})
     assert [r["step"] for r in acc.history] == [1]
+
+
+def test_discriminator_heads_use_the_hook_spectral_norm_of_vision_aided_loss():
+    """vision_aided_loss wraps its heads in torch.nn.utils.spectral_norm (weight_orig / weight_u / weight_v, no
+    power iterations at init, one per training forward), not torch.nn.utils.parametrizations.spectral_norm (15 at
+    init, u then v: train-mode logits rel 5e-2 apart after one iteration)."""
+    from methods.img2img_turbo.discriminator import MultiLevelHeads
+
+    heads = MultiLevelHeads(width=16, embed_dim=8, out_ch=4)
+    sn = [m for m in heads.modules() if hasattr(m, "weight_orig")]
+    assert len(sn) == 6 and all(hasattr(m, "weight_u") and hasattr(m, "weight_v") for m in sn)
+    assert not any(hasattr(m, "parametrizations") for m in heads.modules())

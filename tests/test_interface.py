@@ -114,6 +114,32 @@ def test_card_validation_and_config_resolution():
         card.weights_for("huge")
 
 
+def test_card_fixes_and_variants_name_options_and_report_what_a_config_turns_on():
+    kw = dict(paper="", year=0, url="", kinds=frozenset({"paired"}), needs_training=False, weights={"tiny": "x"},
+              license="", defaults={"s": HParam("a", "paper"), "k": HParam(1, "paper")})
+    card = MethodCard(name="m", fixes=("upstream bug fixed",), variants={"s=b": "deviates", "k": "any k"}, **kw)
+    assert card.active_variants(card.default_config()) == []
+    assert card.active_variants({"s": "b", "k": 3}) == ["s=b", "k=3"]
+    assert card.active_variants({"s": "c", "k": 1}) == []  # "s=c" is not a listed variant
+    with pytest.raises(ValueError, match="names no option"):
+        MethodCard(name="m", variants={"nope": "x"}, **kw)
+    with pytest.raises(ValueError, match="is the default value"):
+        MethodCard(name="m", variants={"s=a": "x"}, **kw)
+    with pytest.raises(TypeError, match="fixes"):
+        MethodCard(name="m", fixes=("",), **kw)
+
+
+def test_every_paper_method_lists_its_fixes_and_variants():
+    """The rule: defaults are the authors' algorithm; bug fixes kept on and opt-in deviations are on the card."""
+    cards = methods.cards()
+    # the zoo's paper methods (not the baselines: the copy, and diffusers' SD img2img; not other tests' plugins)
+    for name in ("pix2pix-zero", "diffuseit", "piti", "pix2pix-turbo", "cyclegan-turbo"):
+        card = cards[name]
+        assert card.variants or card.fixes, f"{name}: no fixes / variants listed"
+        for key, text in card.variants.items():
+            assert len(text) > 20, f"{name}.{key}: describe the change and its measured effect"
+
+
 def test_every_registered_card_cites_its_defaults():
     for name, card in methods.cards().items():
         for key, hp in card.defaults.items():

@@ -688,3 +688,21 @@ def test_batch_contract_is_one_level_at_the_8bit_handoff():
     ups_together = sample_upsample(up, cond, low, [gens(i)[0] for i in range(3)], respacing="10")
     ups_alone = torch.cat([sample_upsample(up, cond[i:i + 1], low[i:i + 1], gens(i), respacing="10") for i in range(3)])
     assert (ups_together - ups_alone).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("hw", [(480, 640), (37, 53), (100, 256)])
+def test_mask_resize_picks_the_pixels_pil_nearest_picks(hw):
+    """PITI's loaders resize label maps with PIL NEAREST (pixel centres); torch's legacy "nearest" (floor grid)
+    moved 22% of the pixels of an 8-px-block 640x480 label map to a neighbour's label; "nearest-exact" moves none."""
+    import numpy as np
+    from PIL import Image
+
+    from methods.piti.adapters import mask_input
+
+    rng = np.random.default_rng(0)
+    h, w = hw
+    lab = rng.integers(0, 256, (h // 4 + 1, w // 4 + 1, 3), dtype=np.uint8).repeat(4, 0).repeat(4, 1)[:h, :w]
+    pil = np.asarray(Image.fromarray(lab).resize((256, 256), Image.NEAREST))
+    x = torch.from_numpy(lab).permute(2, 0, 1)[None].float() / 255
+    ours = ((mask_input(x)[0] + 1) / 2 * 255).round().byte().permute(1, 2, 0).numpy()
+    assert (ours == pil).all()

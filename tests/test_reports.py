@@ -366,3 +366,26 @@ def test_fid_small_and_unequal_n_caveats_reach_report_and_tables(random_report: 
     assert len(notes) == 1 and "5000 generated vs 10000 reference" in notes[0] and "⚠" not in notes[0]
     rows["n_gen"] = [100.0, 100.0]
     assert any("fewer than 2048 images (N = 100)" in n for n in distribution_caveats("t", rows))
+
+
+def test_method_section_lists_fixes_and_variants_and_marks_those_on(tmp_path: Path) -> None:
+    run = make_run(tmp_path, perf=False)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["methods"]["pix2pix_zero"].update(
+        paper="Zero-shot Image-to-Image Translation", fixes=["auto-correlation roll of 0 never drawn"],
+        variants={"inversion_schedule=mirror": "exact mirror of the DDIM sampler (x_inv rel 0.50)",
+                  "lambda_kl": "another weight"},
+        variants_on=["inversion_schedule=mirror"])
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    md, html_path = reports.write_report(run, n_boot=50, figures=False)
+    text = md.read_text()
+    section = text.split("## Methods")[1].split("\n## ")[0]
+    assert "### pix2pix\\_zero" in section and "auto-correlation roll of 0 never drawn" in section
+    rows = {r.split("|")[1].strip(): r.split("|")[2].strip() for r in section.splitlines() if r.startswith("| ")
+            and "variant" not in r.split("|")[1]}
+    assert rows == {"inversion\\_schedule=mirror": "ON", "lambda\\_kl": "off"}, rows
+    assert "### sdedit" not in section  # no card lists: no entry
+    html = html_path.read_text()
+    assert 'id="methods"' in html and "auto-correlation roll of 0 never drawn" in html
+    md2, _ = reports.write_report(make_run(tmp_path / "plain", perf=False), n_boot=50, figures=False)
+    assert "## Methods" not in md2.read_text()

@@ -419,6 +419,9 @@ def _start_manifest(cfg: RunConfig, tasks: dict[str, tuple[Any, list[Any]]], pla
             "weights_id": prov.id, "weights_label": prov.kind,
             "config": v.config, "config_hash": config_hash(v.config),
             **({"optimises": list(card.optimises)} if card.optimises else {}),
+            **({"fixes": list(card.fixes)} if card.fixes else {}),
+            **({"variants": dict(card.variants)} if card.variants else {}),
+            **({"variants_on": card.active_variants(v.config)} if card.active_variants(v.config) else {}),
         }
     atomic_write_json(cfg.out / MANIFEST, manifest)
     return manifest

@@ -36,7 +36,7 @@ def space_timesteps(num_timesteps: int, section_counts: str | Iterable[int]) -> 
 
     `section_counts` is "ddimN" (the stride-k range of exactly N steps, as DDIM's paper), a comma list such as
     "100" or "10,10,3,2,2" (the process is cut into equal sections and each section's count is spread evenly over
-    it, first and last step of a section included, positions rounded), or a list of ints.
+    it, first and last step of a section included, positions accumulated then rounded), or a list of ints.
     """
     if isinstance(section_counts, str):
         if section_counts.startswith("ddim"):
@@ -58,7 +58,13 @@ def space_timesteps(num_timesteps: int, section_counts: str | Iterable[int]) -> 
         if size < count:
             raise ValueError(f"cannot divide a section of {size} steps into {count}")
         stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
-        steps += [start + round(j * stride) for j in range(count)]
+        # positions accumulate in floating point and are rounded after each addition (guided-diffusion
+        # respace.py space_timesteps: `cur_idx += frac_stride`); rounding j * stride instead picks a different
+        # step for some counts (e.g. "21": 499 here, 500 with j * stride), so the accumulation is kept
+        cur = 0.0
+        for _ in range(count):
+            steps.append(start + round(cur))
+            cur += stride
         start += size
     return set(steps)
 

@@ -209,7 +209,7 @@ def step_indices(reg: NoiseRegularizer, generators: Sequence[Any], n_steps: int,
     """Roll indices for a whole inversion: per level (H index, W index) shaped
     (B, n_steps, num_reg_steps, num_ac_rolls, C, 2 x size). All shifts of a sample come from its own generator in
     one draw."""
-    if not reg.needs_shifts:
+    if not reg.needs_shifts or n_steps == 0:  # (the authors' schedule has no step for n <= 2)
         return None
     b, c, h, w = shape
     if generators is None or len(generators) != b:

@@ -10,9 +10,10 @@ from the authors' code are in `pipeline.py`, the losses in `losses.py`. This mod
 
 Call: text-guided `translate(TranslationInput(images, src_prompts=[...], tgt_prompts=[...]), generator=[...])`;
 image-guided `TranslationInput(images, reference=style_images)`. With mode="auto" a reference selects image-guided.
-The model runs at `model_output_size` (256; tiny preset 64): inputs are resized to a square of that size
-(bilinear, antialiased) and the outputs resized back to the input size. Extras per sample: mode, restarts, whether
-the restart cap was hit, timings, and with n_outputs > 1 the further outputs (`outputs`).
+The model runs at `model_output_size` (256; tiny preset 64): inputs are resized to a square of that size as the
+authors load files (PIL LANCZOS on the 8-bit image) and the outputs resized back to the input size. Extras per
+sample: mode, restarts, whether the restart cap was hit, timings, and with n_outputs > 1 the further outputs
+(`outputs`).
 """
 
 from __future__ import annotations
@@ -67,7 +68,10 @@ class DiffuseIT(Translator):
             "skip_timesteps": HParam(40, f"{_ARGS} --skip_timesteps 40 (image-guided README example: 80)"),
             "resample_num": HParam(10, f"{_SRC} guided_diffusion gaussian_diffusion.py: 10 resamples at the first "
                                        "step (hard-coded; --resample_num 10 is bookkeeping)"),
-            "ddim": HParam(False, f"{_ARGS} --ddim (off: DDPM)"),
+            "ddim": HParam(False, f"{_ARGS} --ddim (off: DDPM; the DDIM loop has no resampling, as upstream's "
+                                  "ddim_sample_loop_progressive)"),
+            "undo_beta": HParam("prev", f"{_SRC} guided_diffusion/gaussian_diffusion.py p_sample_loop_progressive: "
+                                        "undo(..., t=t-1), i.e. beta of the respaced index t-1; 'current' = beta_t"),
             "ddim_eta": HParam(0.0, "guided-diffusion ddim_sample_loop eta=0.0"),
             "clip_models": HParam(_ENSEMBLE, f"{_ARGS} --clip_models ['RN50', 'RN50x4', 'ViT-B/32', 'RN50x16', "
                                              "'ViT-B/16'] (README: 'ViT-B-32/openai' alone saves memory)"),
@@ -75,6 +79,9 @@ class DiffuseIT(Translator):
             "clip_guidance_lambda": HParam(2000.0, f"{_ARGS} --clip_guidance_lambda 2000"),
             "lambda_src_text": HParam(0.4, f"{_SRC} image_editor.py: tgt = E_T - 0.4 E_S + 0.2 E_I0"),
             "lambda_src_image": HParam(0.2, f"{_SRC} image_editor.py: tgt = E_T - 0.4 E_S + 0.2 E_I0"),
+            "encoder_resize": HParam("authors", f"{_SRC} model_vit/loss_vit.py, src/vqc_core.py: torchvision 0.10 "
+                                                "tensor resizes (bilinear, no antialias); CLIP views rotate(nearest) "
+                                                "-> RandomResizedCrop -> flip; 'antialias' = antialiased resizes"),
             "dino_size": HParam(224, f"{_SRC} model_vit/config.yaml dino_global_patch_size 224: Resize(224, "
                                      "max_size=480) before DINO (785 tokens at 256 px)"),
             "lambda_ssim": HParam(1000.0, f"{_ARGS} --lambda_ssim 1000 (DINO key self-similarity MSE)"),
@@ -88,17 +95,47 @@ class DiffuseIT(Translator):
             "range_lambda": HParam(200.0, f"{_ARGS} --range_lambda 200"),
             "use_noise_aug_all": HParam(True, f"{_SRC} README examples --use_noise_aug_all (ViT losses on the "
                                               "noise-mixed x0)"),
+            "use_prog_contrast": HParam(False, f"{_ARGS} --use_prog_contrast off (on: contrastive weight x0.5 "
+                                               "while the previous CLIP loss > -0.5)"),
+            "prev_cls": HParam("persistent", f"{_SRC} image_editor.py self.prev: the previous step's image (its "
+                                             "[CLS]) carries over restarts and outputs; 'reset' = the source's "
+                                             "[CLS] at every pass"),
             "regularize_content": HParam(False, f"{_ARGS} --regularize_content off (README text example turns it "
                                                 "on: contrastive weight x2 once the CLIP loss < -0.5)"),
             "use_colormatch": HParam(True, f"{_SRC} README image-guided example --use_colormatch (MKL)"),
             "use_range_restart": HParam(True, f"{_SRC} README examples --use_range_restart"),
-            "range_restart_threshold": HParam(0.01, f"{_SRC} image_editor.py: restart if range loss x lambda > 0.01 "
-                                                    "(0.1 with --use_ffhq)"),
+            "range_restart_threshold": HParam(None, f"{_SRC} image_editor.py: restart if range loss x lambda > 0.01 "
+                                                    "(None: 0.01, or 0.1 on the FFHQ backbone as --use_ffhq)"),
+            "id_lambda": HParam(100.0, f"{_ARGS} --id_lambda 100: ArcFace identity loss, FFHQ backbone only "
+                                       "(id_loss.py IDLoss on the noise-mixed x0 vs the source)"),
+            "id_weights": HParam("", f"{_SRC} id_model/model_ir_se50.pth (ArcFace IR-SE50): its path; needed on the "
+                                     "FFHQ backbone unless id_lambda=0"),
             "max_restarts": HParam(3, "ours: upstream restarts without bound; capped per sample, warning at the cap"),
             "n_outputs": HParam(1, f"ours: outputs per sample ({_ARGS} --iterations_num 10); extras['outputs'] "
                                    "holds the ones after the first"),
         },
         license="MIT (authors' code, guided-diffusion weights and this implementation)",
+        fixes=(
+            "range restarts are capped per sample (max_restarts, 3; upstream restarts without bound) and a warning "
+            "names the samples that hit the cap",
+            "batches > 1: every loss and random draw is per sample (upstream assumes batch 1)",
+            "every requested output is produced (upstream skips the remaining iterations once a range check fired "
+            "at a last step: its flag is never reset)",
+        ),
+        variants={
+            "undo_beta=current": (
+                "the resampling step uses beta_t (RePaint's q(x_t | x_{t-1})) instead of the authors' beta_{t-1}: "
+                "1.6% more noise variance per undo at the paper's respacing 100 / skip 40; the final x0 rel 0.53 apart "
+                "on the tiny preset (respacing 10, skip 4, 10 resamples)"),
+            "encoder_resize=antialias": (
+                "antialiased (PIL-like) resizes for the DINO and CLIP inputs and each CLIP view as one bilinear "
+                "resampling instead of rotate(nearest) -> crop -> resize: DINO losses up to 22% and the guidance "
+                "gradient 26% apart from the authors' preprocessing, CLIP test transform rel 7.7e-4 - 2.3e-3"),
+            "prev_cls=reset": (
+                "the semantic-divergence [CLS] restarts from the source at every pass, so restarts and further "
+                "outputs do not depend on earlier ones (upstream's self.prev carries over); changes only runs with "
+                "restarts or n_outputs > 1"),
+        },
         min_size=8,
         # its structure losses read DINO ViT-B/8 last-block keys and [CLS] (the DINO-Struct features), its text
         # loss the CLIP ensemble: the report flags metrics built on these and shows the held-out ones
@@ -223,5 +260,15 @@ def _validate(cfg: Mapping[str, Any]) -> None:
             raise InputError(f"diffuseit: {key} must be >= {lo}, got {cfg[key]}")
     if not _clip_ids(cfg):
         raise InputError("diffuseit: clip_models is empty; give e.g. 'ViT-B-32/openai'")
+    for key, allowed in (("undo_beta", ("prev", "current")), ("encoder_resize", ("authors", "antialias")),
+                         ("prev_cls", ("persistent", "reset"))):
+        if cfg[key] not in allowed:
+            raise InputError(f"diffuseit: {key} must be one of {allowed}, got {cfg[key]!r}")
+    if cfg["range_restart_threshold"] is not None:
+        try:
+            float(cfg["range_restart_threshold"])
+        except (TypeError, ValueError):
+            raise InputError(f"diffuseit: range_restart_threshold must be a number, got "
+                             f"{cfg['range_restart_threshold']!r}") from None
     if float(cfg["contra_tau"]) <= 0:
         raise InputError("diffuseit: contra_tau must be > 0")

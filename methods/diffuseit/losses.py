@@ -7,15 +7,17 @@ batch-of-1 run computes (upstream assumes batch 1 and sums/averages over the bat
   tokens with the source keys as positives/negatives (model_vit/contra_loss.py PatchLoss, tau 0.07), the [CLS]
   token of the last block's output for the semantic divergence (-MSE to the previous step's [CLS]) and the
   image-guided style loss (MSE to the reference's [CLS]). Inputs [-1,1] -> [0,1] -> Resize(224, max_size=480) ->
-  ImageNet normalisation (`DinoPreprocess("splice")`; upstream resizes tensors without antialiasing, ours
-  antialiases as PIL does: the one shared preprocessing).
-- CLIP (src/vqc_core.py): per model, 8 random views (rotation +-10 deg, resized crop scale (0.8, 1) ratio
-  (0.9, 1.1), horizontal flip) of the noise-mixed x0, each embedding L2-normalised, averaged (not re-normalised),
-  dotted with the target direction normalize(E_T(tgt) - 0.4 E_T(src) + 0.2 E_I(source image)); loss = -mean over
-  models. Text embeddings average the 80 CLIP ImageNet templates (src/template.py = CLIP's list, which open_clip
-  ships as OPENAI_IMAGENET_TEMPLATES). Deliberate difference: the rotation and the crop are one bilinear
-  resampling (one `grid_sample` for all views of a model) instead of torchvision's nearest rotation followed by a
-  bilinear resize; the views' parameters are drawn from the sample's own generator.
+  ImageNet normalisation, the resize bilinear WITHOUT antialiasing as the authors' torchvision 0.10 resizes tensors
+  (`dino_input`; encoder_resize="antialias" antialiases, a variant).
+- CLIP (src/vqc_core.py CLIP.encode_image / encode_text): per model, `aug_num` views of the noise-mixed x0, each
+  made as the authors' `train_prep`: RandomRotation(10) (nearest, zero fill) -> RandomResizedCrop(size, scale
+  (0.8, 1), ratio (0.9, 1.1)) (bilinear, no antialias) -> RandomHorizontalFlip, with torchvision's parameter draws
+  taken from the sample's own generator (`draw_views` / `authors_views`); each embedding L2-normalised, averaged
+  (not re-normalised), dotted with the target direction normalize(E_T(tgt) - 0.4 E_T(src) + 0.2 E_I(source image));
+  loss = -mean over models. E_I uses the authors' `test_prep`: Resize(size) (bilinear, no antialias) + CenterCrop.
+  Text embeddings average the authors' 79 ImageNet templates (src/template.py: CLIP's 80 without
+  'a photo of many {}.'). Variant encoder_resize="antialias": antialiased resizes and every view as one bilinear
+  resampling (one `grid_sample` for all views of a model).
 - MKL colour transfer (Pitie & Kokaram 2007, the `color-matcher` package's 'mkl' that DiffuseIT calls): x ->
   T (x - mu_x) + mu_ref with T = C_x^-1/2 (C_x^1/2 C_ref C_x^1/2)^1/2 C_x^-1/2, so T C_x T = C_ref.
   Written here (float64 eigen-decompositions): color-matcher is GPL-3.0 and pulls matplotlib.
@@ -35,25 +37,45 @@ from torch.nn import functional as F
 CONTRA_DIAGONAL = -10.0
 
 
+#: ImageNet statistics of DINO's input normalisation (model_vit/loss_vit.py imagenet_norm).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The ways this module resizes images for its loss encoders: the authors' (torchvision 0.10 tensor resizes, no
+#: antialiasing; rotate -> crop -> flip views) or antialiased (PIL-like) resizes with one-resample views.
+ENCODER_RESIZES = ("authors", "antialias")
+#: DiffuseIT's own text templates (src/template.py): CLIP's 80 ImageNet templates without this one.
+MISSING_TEMPLATE = "a photo of many {}."
+
+
+def dino_input(images01: torch.Tensor, short_side: int = 224, max_size: int | None = 480, *,
+               antialias: bool = False) -> torch.Tensor:
+    """DiffuseIT's DINO input (model_vit/loss_vit.py global_transform): Resize(short_side, max_size=480) bilinear on
+    the [0, 1] tensor, then ImageNet normalisation. The authors' torchvision 0.10 resizes tensors without
+    antialiasing (`antialias=False`, the default here)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    x = TF.resize(images01, [short_side], interpolation=InterpolationMode.BILINEAR, max_size=max_size,
+                  antialias=antialias)
+    return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+
+
 class DinoFeatures(nn.Module):
     """One DINO pass per image batch: last-block keys (B x T x D), their self-similarity (B x T x T) and the [CLS]
     token of the last block's output (B x D). Input: images in [0, 1]. A module, so `benchmark.py perf` counts it."""
 
-    def __init__(self, extractor: Any, block: int = -1, short_side: int = 224) -> None:
+    def __init__(self, extractor: Any, block: int = -1, short_side: int = 224, antialias: bool = False) -> None:
         super().__init__()
-        from dataclasses import replace
-
-        from eval.dino import get_preprocess
-
         self.extractor = extractor
         self.block = block % extractor.num_blocks
-        self.preprocess = replace(get_preprocess("antialiased"), short_side=short_side)
+        self.short_side = short_side
+        self.antialias = antialias
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from eval.dino import self_similarity
 
         ex = self.extractor
-        x = self.preprocess(images)
+        x = dino_input(images, self.short_side, antialias=self.antialias)
         p = ex.patch_size
         x = x[..., : x.shape[-2] // p * p, : x.shape[-1] // p * p]
         blk = ex.model.blocks[self.block]
@@ -109,31 +131,99 @@ def noise_mix(x_t: torch.Tensor, x0: torch.Tensor, sqrt_one_minus_abar: float) -
 
 # -- CLIP --------------------------------------------------------------------------------------------------------
 def template_embeddings(text_tower: Any, prompts: Sequence[str]) -> torch.Tensor:
-    """P x E: each prompt in the 80 ImageNet templates, encoded, averaged, L2-normalised (vqc_core.py encode_text);
-    all templates of all prompts in one text-tower call."""
+    """P x E: each prompt in the 79 templates, encoded, averaged, L2-normalised (vqc_core.py encode_text); all
+    templates of all prompts in one text-tower call."""
     templates = imagenet_templates()
     emb = text_tower([t.format(p) for p in prompts for t in templates])
     return F.normalize(emb.view(len(prompts), len(templates), -1).mean(1), dim=-1)
 
 
 def imagenet_templates() -> list[str]:
-    """CLIP's 80 ImageNet prompt templates (DiffuseIT src/template.py; open_clip OPENAI_IMAGENET_TEMPLATES)."""
+    """DiffuseIT's 79 prompt templates (src/template.py): CLIP's 80 ImageNet templates (open_clip
+    OPENAI_IMAGENET_TEMPLATES, same order) without 'a photo of many {}.'."""
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-    return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+    return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES if t("{}") != MISSING_TEMPLATE]
 
 
 class ClipViews(nn.Module):
-    """The image tower of one CLIP model on normalised size x size views -> L2-normalised embeddings (N x E).
-
-    A module around `ClipModel.model.encode_image` so that `benchmark.py perf` times each CLIP model's calls."""
+    """The image tower of one CLIP model on [0, 1] size x size views -> L2-normalised embeddings (N x E): the CLIP
+    normalisation, `encode_image`, L2 normalisation. A module so that `benchmark.py perf` times each model's calls."""
 
     def __init__(self, clip: Any) -> None:
         super().__init__()
         self.clip = clip
 
     def forward(self, views01: torch.Tensor) -> torch.Tensor:
-        return self.clip.encode_image(views01, resize="none")
+        c = self.clip
+        return F.normalize(c.model.encode_image((views01 - c.mean) / c.std), dim=-1)
+
+
+def clip_test_view(images01: torch.Tensor, size: int, *, antialias: bool = False) -> torch.Tensor:
+    """The authors' CLIP `test_prep` before normalisation: Resize(size) (short side) + CenterCrop(size). Authors:
+    bilinear without antialiasing (torchvision 0.10 on tensors); antialias=True: bicubic antialiased and clamped
+    (the PIL-like preprocessing of CLIP's own transform)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    if antialias:
+        x = TF.resize(images01, [size], interpolation=InterpolationMode.BICUBIC, antialias=True).clamp(0, 1)
+    else:
+        x = TF.resize(images01, [size], interpolation=InterpolationMode.BILINEAR, antialias=False)
+    return TF.center_crop(x, [size, size])
+
+
+def draw_views(n: int, generator: torch.Generator, height: int, width: int, *, max_angle: float = 10.0,
+               scale: tuple[float, float] = (0.8, 1.0), ratio: tuple[float, float] = (0.9, 1.1)
+               ) -> list[tuple[float, int, int, int, int, bool]]:
+    """n views' (angle, top, left, crop height, crop width, flip) drawn as torchvision's RandomRotation(10),
+    RandomResizedCrop(scale, ratio) and RandomHorizontalFlip draw them (same calls in the same order: angle, up to
+    10 crop tries, centre-crop fallback, flip), from `generator` instead of the global RNG. With a generator in the
+    global RNG's state, the draws equal the torchvision transforms'."""
+    out = []
+    log_r = [float(v) for v in torch.log(torch.tensor(ratio))]  # float32, as torchvision computes it
+    area = height * width
+    for _ in range(n):
+        angle = float(torch.empty(1).uniform_(-max_angle, max_angle, generator=generator).item())
+        box = None
+        for _ in range(10):
+            target = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+            aspect = torch.exp(torch.empty(1).uniform_(log_r[0], log_r[1], generator=generator)).item()
+            w = int(round(math.sqrt(target * aspect)))
+            h = int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                i = int(torch.randint(0, height - h + 1, size=(1,), generator=generator).item())
+                j = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
+                box = (i, j, h, w)
+                break
+        if box is None:  # torchvision's fallback: the whole image, cropped to the ratio range, centred
+            in_ratio = width / height
+            if in_ratio < min(ratio):
+                w, h = width, int(round(width / min(ratio)))
+            elif in_ratio > max(ratio):
+                h, w = height, int(round(height * max(ratio)))
+            else:
+                w, h = width, height
+            box = ((height - h) // 2, (width - w) // 2, h, w)
+        flip = bool(torch.rand(1, generator=generator).item() < 0.5)
+        out.append((angle, *box, flip))
+    return out
+
+
+def authors_views(image01: torch.Tensor, views: Sequence[tuple[float, int, int, int, int, bool]], size: int
+                  ) -> torch.Tensor:
+    """N x 3 x size x size views of one image (1 x 3 x H x W), each as the authors' train_prep makes it: rotate
+    (nearest, zero fill, same size) -> crop -> bilinear resize to size x size without antialiasing -> flip."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    out = []
+    for angle, top, left, h, w, flip in views:
+        v = TF.rotate(image01, angle, interpolation=InterpolationMode.NEAREST)
+        v = TF.resized_crop(v, top, left, h, w, [size, size], interpolation=InterpolationMode.BILINEAR,
+                            antialias=False)
+        out.append(TF.hflip(v) if flip else v)
+    return torch.cat(out)
 
 
 def draw_view_params(n: int, generator: torch.Generator, *, max_angle: float = 10.0,
@@ -181,24 +271,38 @@ class ClipDirection:
 
     def __init__(self, towers: Sequence[ClipViews], prompt_embedders: Sequence[Any], src_prompts: Sequence[str],
                  tgt_prompts: Sequence[str], source01: torch.Tensor, *, lambda_src_text: float,
-                 lambda_src_image: float) -> None:
-        """`prompt_embedders[m](prompts)`: model m's L2-normalised template-averaged embeddings (P x E)."""
+                 lambda_src_image: float, antialias: bool = False) -> None:
+        """`prompt_embedders[m](prompts)`: model m's L2-normalised template-averaged embeddings (P x E).
+        `antialias`: the encoder_resize="antialias" variant (antialiased test transform, one-resample views)."""
         self.towers = list(towers)
+        self.antialias = antialias
         self.targets = []  # per model: B x E
         with torch.no_grad():
             for tower, embed in zip(self.towers, prompt_embedders):
                 both = embed([*tgt_prompts, *src_prompts])  # one call: every new prompt's templates at once
                 e_t, e_s = both[: len(tgt_prompts)], both[len(tgt_prompts):]
-                e_i = tower.clip.encode_image(source01, resize="shortest")  # CLIP's test transform, normalised
+                e_i = self.test_embedding(tower, source01)
                 self.targets.append(F.normalize(e_t - lambda_src_text * e_s + lambda_src_image * e_i, dim=-1))
 
-    def loss(self, images01: torch.Tensor, params: Sequence[torch.Tensor], index: Sequence[int]) -> torch.Tensor:
+    def test_embedding(self, tower: ClipViews, images01: torch.Tensor) -> torch.Tensor:
+        size = tower.clip.image_size
+        return tower(clip_test_view(images01, size, antialias=self.antialias))
+
+    def draw(self, n: int, generator: torch.Generator, height: int, width: int) -> Any:
+        """One sample's view parameters for one step (the same views serve every CLIP model, as upstream draws
+        them per model: each model's views come from the generator in turn)."""
+        if self.antialias:
+            return [draw_view_params(n, generator) for _ in self.towers]
+        return [draw_views(n, generator, height, width) for _ in self.towers]
+
+    def loss(self, images01: torch.Tensor, params: Sequence[Any], index: Sequence[int]) -> torch.Tensor:
         """Per-sample -mean_models(mean_views(normalised view embeddings) . target). `params[j]`: sample j's view
-        parameters (n_views x 6); `index[j]`: its row in the targets."""
+        parameters from `draw` (one entry per model); `index[j]`: its row in the targets."""
         total = images01.new_zeros(images01.shape[0])
-        for tower, tgt in zip(self.towers, self.targets):
+        for m, (tower, tgt) in enumerate(zip(self.towers, self.targets)):
             size = tower.clip.image_size
-            views = torch.cat([augment_views(images01[j:j + 1], params[j], size) for j in range(images01.shape[0])])
+            make = augment_views if self.antialias else authors_views
+            views = torch.cat([make(images01[j:j + 1], params[j][m], size) for j in range(images01.shape[0])])
             emb = tower(views).view(images01.shape[0], -1, tgt.shape[-1]).mean(1)
             total = total - (emb * tgt[list(index)]).sum(-1)
         return total / len(self.towers)
@@ -207,7 +311,7 @@ class ClipDirection:
         """The same loss on the un-augmented image (test transform): upstream's initial `loss_prev`."""
         total = images01.new_zeros(images01.shape[0])
         for tower, tgt in zip(self.towers, self.targets):
-            emb = tower.clip.encode_image(images01, resize="shortest")
+            emb = self.test_embedding(tower, images01)
             total = total - (emb * tgt[list(index)]).sum(-1)
         return total / len(self.towers)
 

@@ -7,12 +7,25 @@ spec piti_and_diffuseit.md B.2-B.6):
    variance, x0 prediction, clip_denoised=False); the guidance loss is computed on the x0 prediction and on the
    noise-mixed x0 (x0 sqrt(1 - abar_t) + x_t (1 - sqrt(1 - abar_t))); grad = -d loss / d x_t through the UNet
    (MCG); mean <- mean + variance * grad (`condition_mean`); x_{t-1} = mean + sigma_t z (no noise at t = 0).
-3. At the first step the step is repeated `resample_num` (10) times, each repeat but the last followed by one forward
-   step x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) z (`undo`).
-4. Range restart: a sample whose weighted range loss exceeds the threshold at any step after the first starts over
-   from a freshly noised input, at most `max_restarts` times (upstream: unbounded); the last try runs to the end
-   and a warning says the cap was hit.
+3. DDPM only (the authors' DDIM loop has no resampling): at the first step the step is repeated `resample_num` (10)
+   times, each repeat but the last followed by one forward step x = sqrt(1 - beta) x + sqrt(beta) z (`undo`) with
+   beta at the respaced index t - 1, as the authors' loop passes `t=t-1` (undo_beta="current": beta_t, RePaint's
+   q(x_t | x_{t-1}), a variant).
+4. Range restart: a sample whose weighted range loss exceeds the threshold at a step after the first and before the
+   last starts over from a freshly noised input (at the last step the authors' loop keeps the sample: `if i == 0:
+   break`), at most `max_restarts` times (upstream: unbounded); the last try runs to the end and a warning says the
+   cap was hit.
 5. The output is the last step's x0 prediction; image-guided outputs are MKL colour-matched to the reference.
+
+On the FFHQ backbone (--use_ffhq upstream) the loss adds `id_lambda` x the ArcFace identity loss of the guided
+image against the source (`arcface.py`), and the range-restart threshold defaults to 0.1.
+
+Inputs and references are brought to `model_output_size` as the authors load their files: PIL LANCZOS on the
+8-bit image (optimization/image_editor.py `Image.resize(..., LANCZOS)`).
+
+State that persists, as upstream's `self.prev` / `self.loss_prev` do: the previous step's [CLS] (semantic
+divergence) and the previous step's CLIP loss (use_prog_contrast / regularize_content) carry over restarts and
+outputs of a translate call (prev_cls="reset" starts every pass from the source's [CLS], a variant).
 
 Deliberate differences from the authors' code (results equal up to float rounding unless noted):
 - One UNet forward per step instead of two: upstream's p_sample runs the model without gradients for the mean,
@@ -22,8 +35,10 @@ Deliberate differences from the authors' code (results equal up to float roundin
 - Batches > 1 (upstream: batch 1): every loss is per sample and the sum is differentiated, so each sample gets its
   own batch-of-1 gradient; every random draw of a sample (noise, resampling, CLIP views) comes from its generator.
 - Range restart is per sample and capped; DDIM (option) guides through `condition_score` (ADM's DDIM guidance).
-- `undo` uses beta at the current respaced index (q(x_t | x_{t-1})), the resampling step RePaint defines.
-- Colour matching works on float [0, 1] images (upstream: on the 8-bit PNG of the output).
+- Colour matching works on the float [0, 1] output (upstream: on its 8-bit PNG; the difference is below one 8-bit
+  step, and rounding first would make outputs depend on float noise, e.g. between batch sizes).
+- Upstream skips the remaining outputs (iterations) once the range check fired at a last step (its flag is never
+  reset); every output is produced here.
 """
 
 from __future__ import annotations
@@ -44,7 +59,6 @@ from .losses import (
     ClipViews,
     DinoFeatures,
     cls_mse,
-    draw_view_params,
     mkl_transfer,
     noise_mix,
     patch_nce_loss,
@@ -96,10 +110,11 @@ class DiffuseITEngine:
         self.backbone = backbone
         self.scheduler_config = dict(scheduler_config)
         self.backward_pass = GuidanceBackward()
-        self._dino: dict[int, DinoFeatures] = {}
+        self._dino: dict[tuple[int, bool], DinoFeatures] = {}
         self._clip: dict[str, tuple[ClipViews, ClipText]] = {}
         self._diffusion: dict[str, GaussianDiffusion] = {}
         self._text_cache: dict[tuple[str, str], torch.Tensor] = {}
+        self._identity: dict[str, Any] = {}
 
     def prompt_embedder(self, model_id: str, text: ClipText) -> Any:
         """Template-averaged prompt embeddings of one CLIP model, each prompt encoded once per engine (cached)."""
@@ -128,13 +143,16 @@ class DiffuseITEngine:
                                  "'200' or 'ddim50'") from None
         return self._diffusion[respacing]
 
-    def dino(self, short_side: int) -> DinoFeatures:
+    def dino(self, short_side: int, antialias: bool = False) -> DinoFeatures:
         """DINO ViT-B/8 (tiny preset: the tiny ViT) features at input short side `short_side` (paper: 224)."""
-        if short_side not in self._dino:
+        key = (short_side, antialias)
+        if key not in self._dino:
             from eval.dino import load_dino
 
-            self._dino[short_side] = DinoFeatures(load_dino(self.preset, str(self.device)), short_side=short_side)
-        return self._dino[short_side]
+            extractor = next((d.extractor for d in self._dino.values()), None) or load_dino(self.preset,
+                                                                                               str(self.device))
+            self._dino[key] = DinoFeatures(extractor, short_side=short_side, antialias=antialias)
+        return self._dino[key]
 
     def clip(self, model_ids: Sequence[str]) -> list[tuple[ClipViews, ClipText]]:
         from eval.clip import load_clip
@@ -149,6 +167,14 @@ class DiffuseITEngine:
                 self._clip[mid] = (ClipViews(clip), ClipText(clip))
             out.append(self._clip[mid])
         return out
+
+    def identity(self, path: str) -> Any:
+        """The FFHQ backbone's ArcFace identity loss (IR-SE50 from the official model_ir_se50.pth at `path`)."""
+        if path not in self._identity:
+            from .arcface import IdentityLoss, load_irse50
+
+            self._identity[path] = IdentityLoss(load_irse50(path, self.device))
+        return self._identity[path]
 
     def networks(self, clip_ids: Sequence[str], dino_size: int) -> dict[str, Any]:
         nets: dict[str, Any] = {"unet": self.unet, "unet.backward": self.backward_pass, "dino": self.dino(dino_size)}
@@ -168,9 +194,9 @@ class DiffuseITEngine:
         b = images01.shape[0]
         ids = list(ids) if ids is not None else [str(i) for i in range(b)]
         size = int(cfg["model_output_size"])
-        x0 = _resize(images01.to(self.device, torch.float32), size) * 2 - 1
+        x0 = load_like_authors(images01, size).to(self.device) * 2 - 1
         text = reference01 is None
-        ref = None if text else _resize(reference01.to(self.device, torch.float32), size).clamp(0, 1)
+        ref = None if text else load_like_authors(reference01, size).to(self.device)
         ctx = _Context(self, cfg, x0, ref, src_prompts, tgt_prompts)
         outs, info = [], [{"restarts": 0, "range_restart_cap_hit": False} for _ in range(b)]
         for _ in range(int(cfg["n_outputs"])):
@@ -221,11 +247,18 @@ class _Context:
             w["lambda_trg"] = w["l2_trg_lambda"] = 0.0
         else:
             w["clip_guidance_lambda"] = 0.0
+        self.ffhq = eng.backbone == "ffhq-256"
+        thr = cfg["range_restart_threshold"]
+        self.restart_threshold = float(thr) if thr is not None else (0.1 if self.ffhq else 0.01)
+        # image_editor.py: with --use_ffhq, + id_lambda x IDLoss(x_in, init image) (ArcFace IR-SE50)
+        w["id_lambda"] = float(cfg["id_lambda"]) if self.ffhq else 0.0
+        self.idloss = eng.identity(str(cfg["id_weights"])) if w["id_lambda"] != 0 else None
         self.w = w
         self.use_dino = any(w[k] != 0 for k in ("lambda_ssim", "lambda_contra_ssim", "lambda_dir_cls", "lambda_trg"))
         self.guided = self.use_dino or any(w[k] != 0 for k in ("clip_guidance_lambda", "l2_trg_lambda",
-                                                                "range_lambda"))
-        self.dino = eng.dino(int(cfg["dino_size"]))
+                                                                "range_lambda", "id_lambda"))
+        self.antialias = str(cfg["encoder_resize"]) == "antialias"
+        self.dino = eng.dino(int(cfg["dino_size"]), self.antialias)
         src01 = (x0 + 1) / 2
         self.feat_src = self.cls_trg = self.ref = None
         with torch.no_grad():
@@ -245,13 +278,16 @@ class _Context:
                 self.clipdir = ClipDirection([v for v, _ in towers], embedders, list(src_prompts or []),
                                              list(tgt_prompts or []), src01,
                                              lambda_src_text=float(cfg["lambda_src_text"]),
-                                             lambda_src_image=float(cfg["lambda_src_image"]))
-                if cfg["regularize_content"]:  # upstream's initial loss_prev: the source image, test transform
-                    self.loss_prev = self.clipdir.plain_loss(src01, list(range(x0.shape[0])))
+                                             lambda_src_image=float(cfg["lambda_src_image"]),
+                                             antialias=self.antialias)
+                # upstream's initial loss_prev: the loss of the source image, test transform
+                self.loss_prev = self.clipdir.plain_loss(src01, list(range(x0.shape[0])))
+        # the previous step's [CLS] per sample (upstream self.prev starts as the source image)
+        self.prev_cls = None if self.feat_src is None else self.feat_src[2].clone()
 
     # -- the guidance loss at one step ------------------------------------------------------------------------
-    def guide(self, x: torch.Tensor, i: int, idx: list[int], gens: Sequence[torch.Generator],
-              prev: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    def guide(self, x: torch.Tensor, i: int, idx: list[int], gens: Sequence[torch.Generator]
+              ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """p(x_{t-1} | x_t) at respaced index i, -grad of the guidance loss (None when unguided), the per-sample
         weighted range loss (the restart criterion) and the per-sample total guidance loss."""
         eng, cfg, w, diff = self.eng, self.cfg, self.w, self.diff
@@ -267,11 +303,18 @@ class _Context:
             mixed = noise_mix(x_req, x0p, fac)
             total = r_w
             frac = torch.ones_like(r_w)
-            if self.text and cfg["regularize_content"]:
-                frac = torch.where(self.loss_prev[idx] < -0.5, 2.0, 1.0)
+            if self.text and self.clipdir is not None:
+                # image_editor.py cond_fn: frac_cont from the previous step's CLIP loss. use_prog_contrast halves
+                # the contrastive weight while the loss is > -0.5 (its `elif > -0.4: 0.25` branch can never run);
+                # regularize_content doubles it once the loss is < -0.5
+                prev_loss = self.loss_prev[idx]
+                if cfg["use_prog_contrast"]:
+                    frac = torch.where(prev_loss > -0.5, 0.5, frac)
+                if cfg["regularize_content"]:
+                    frac = torch.where(prev_loss < -0.5, 2.0, frac)
             if self.clipdir is not None:
                 n = int(cfg["aug_num"])
-                params = [draw_view_params(n, g) for g in gens]
+                params = [self.clipdir.draw(n, g, x.shape[-2], x.shape[-1]) for g in gens]
                 c = self.clipdir.loss((mixed + 1) / 2, params, idx)
                 total = total + w["clip_guidance_lambda"] * c
                 self.loss_prev[idx] = c.detach()
@@ -283,10 +326,12 @@ class _Context:
                 total = total + w["lambda_contra_ssim"] * frac * patch_nce_loss(keys, k_src,
                                                                                 float(cfg["contra_tau"]))
                 if i > int(cfg["diff_iter"]) and w["lambda_dir_cls"] != 0:
-                    total = total - w["lambda_dir_cls"] * cls_mse(cls, prev["cls"])
+                    total = total - w["lambda_dir_cls"] * cls_mse(cls, self.prev_cls[idx])
                 if self.cls_trg is not None:
                     total = total + w["lambda_trg"] * cls_mse(cls, self.cls_trg[idx])
-                prev["cls"] = cls.detach()
+                self.prev_cls[idx] = cls.detach()
+            if self.idloss is not None:
+                total = total + w["id_lambda"] * self.idloss(x_in, self.x0[idx])
             if not self.text and w["l2_trg_lambda"] != 0:
                 total = total + w["l2_trg_lambda"] * (x_in - self.ref[idx]).square().mean(dim=(1, 2, 3))
             grad = -eng.backward_pass(total.sum(), x_req)
@@ -307,17 +352,19 @@ class _Context:
         aborted, cap_hit = [False] * n, [False] * n
         finals: list[torch.Tensor | None] = [None] * n
         x = diff.q_sample(self.x0[idx], torch.full((n,), first, dtype=torch.long, device=dev), noise(alive))
-        prev = {"cls": None if self.feat_src is None else self.feat_src[2][idx]}
+        if self.prev_cls is not None and cfg["prev_cls"] == "reset":
+            self.prev_cls[idx] = self.feat_src[2][idx]
         ddim = bool(cfg["ddim"])
         eta = float(cfg["ddim_eta"])
+        undo_prev = cfg["undo_beta"] == "prev"
         out: dict[str, torch.Tensor] = {}
         for i in self.steps:
-            reps = max(1, int(cfg["resample_num"])) if i == first else 1
+            reps = max(1, int(cfg["resample_num"])) if i == first and not ddim else 1
             for r in range(reps):
                 sub = [idx[j] for j in alive]
                 g_sub = [gens[j] for j in alive]
                 t = torch.full((len(alive),), i, dtype=torch.long, device=dev)
-                out, grad, r_w, _ = self.guide(x, i, sub, g_sub, prev)
+                out, grad, r_w, _ = self.guide(x, i, sub, g_sub)
                 if ddim:
                     if grad is not None:
                         out = diff.condition_score(out, x, t, grad)
@@ -326,12 +373,13 @@ class _Context:
                 else:
                     mean = out["mean"] if grad is None else diff.condition_mean(out, grad)
                     x_new = diff.p_sample(out, x, t, noise(alive), mean=mean)
-                if r != reps - 1:
-                    x_new = diff.undo(x_new, t, noise(alive))
+                if r != reps - 1:  # the authors pass t - 1 (at index 0 that wraps to the last beta, as upstream)
+                    x_new = diff.undo(x_new, t - 1 if undo_prev else t, noise(alive))
                 x = x_new
-                # range restart: checked after every step but the first (image_editor.py: t < total_steps)
-                if cfg["use_range_restart"] and i < first:
-                    over = (r_w > float(cfg["range_restart_threshold"])).tolist()
+                # range restart: checked after every step but the first (image_editor.py: t < total_steps) and
+                # acted on before the last (the progressive loop keeps the sample at i == 0)
+                if cfg["use_range_restart"] and 0 < i < first:
+                    over = (r_w > self.restart_threshold).tolist()
                     keep = []
                     for k, j in enumerate(alive):
                         if over[k] and can_restart[j]:
@@ -341,8 +389,6 @@ class _Context:
                             keep.append(k)
                     if len(keep) != len(alive):
                         x, out = x[keep], {key: v[keep] for key, v in out.items()}
-                        if prev["cls"] is not None:
-                            prev["cls"] = prev["cls"][keep]
                         alive = [alive[k] for k in keep]
                 if not alive:
                     break
@@ -354,10 +400,16 @@ class _Context:
         return Pass(images=images, aborted=aborted, cap_hit=cap_hit)
 
 
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == (size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+def load_like_authors(images01: torch.Tensor, size: int) -> torch.Tensor:
+    """B x 3 x size x size float32 [0, 1] on the CPU: each image as the authors read their input files, the 8-bit
+    image resized with PIL LANCZOS (image_editor.py `Image.open(...).resize(image_size, Image.LANCZOS)`,
+    `TF.to_tensor`). A same-size image only goes through the 8-bit quantisation (PIL returns a copy)."""
+    import numpy as np
+    from PIL import Image
+
+    x8 = (images01.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = [np.asarray(Image.fromarray(np.ascontiguousarray(a)).resize((size, size), Image.LANCZOS)) for a in x8]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255
 
 
 def resize_back(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

@@ -134,6 +134,12 @@ class Pix2PixTurbo(_TurboBase):
         name="pix2pix-turbo", paper=f"{PAPER} (pix2pix-turbo)", year=2024, url=URL,
         kinds=frozenset({"paired", "sketch-to-image"}), needs_training=True, weights=_weights("pix2pix-turbo"),
         defaults=PAIRED_INFERENCE, license=LICENSE, size_multiple=8, min_size=8,
+        fixes=(
+            "stochastic mode restores the LoRA scales, conv_in blend and skip gamma after each call (upstream "
+            "leaves vae.decoder.gamma and the adapter weights at r, so a later deterministic call runs with them)",
+            "training: the generator's adversarial backward leaves no gradient in the discriminator (upstream "
+            "train_pix2pix_turbo.py steps D with it; issue #56 / PR #62)",
+        ),
     )
 
     @classmethod
@@ -209,6 +215,18 @@ class CycleGANTurbo(_TurboBase):
         name="cyclegan-turbo", paper=f"{PAPER} (CycleGAN-Turbo)", year=2024, url=URL, kinds=frozenset({"unpaired"}),
         needs_training=True, weights=_weights("cyclegan-turbo"), defaults=UNPAIRED_INFERENCE, license=LICENSE,
         size_multiple=8, min_size=8,
+        fixes=(
+            "our checkpoints store the trained UNet conv_in (upstream's save keeps only its LoRA; official files "
+            "load as the authors' loader runs them)",
+            "training: the skip convs' base weights train (PEFT froze them upstream) and the discriminator gets no "
+            "gradient from the generator's adversarial step (upstream zeroes it after the fact, PR #62)",
+        ),
+        variants={
+            "resize_filter=bicubic": (
+                "at a set resolution (official 512-px models) resize in float with antialiased bicubic instead of "
+                "the authors' PIL LANCZOS on 8-bit images: a 640x480 photo at 512 px is rel 6.3e-3 (max 0.078) "
+                "apart before the network; the tiny random model's outputs (48x80 at 64 px) rel 0.016, max 0.045"),
+        },
     )
 
     @classmethod
@@ -248,21 +266,41 @@ class CycleGANTurbo(_TurboBase):
         self.check_input(batch)
         gens = _generators(generator, len(batch))
         prompts = self.prompts_for(batch)
-        x = batch.images.to(device=self.device, dtype=self.dtype) * 2 - 1  # UnpairedDataset: Normalize([.5], [.5])
-        h, w = x.shape[2:]
+        images01 = batch.images
+        h, w = images01.shape[2:]
         res = self.config["resolution"]
-        if res:
+        lanczos = self.config["resize_filter"] == "lanczos"
+        if res and lanczos:  # inference_unpaired.py: build_transform('resize_512x512') on the 8-bit PIL image
+            images01 = _pil_resize(images01, (res, res), truncate=False)
+        x = images01.to(device=self.device, dtype=self.dtype) * 2 - 1  # UnpairedDataset: Normalize([.5], [.5])
+        if res and not lanczos:
             x = F.interpolate(x.float(), size=(res, res), mode="bicubic", antialias=True, align_corners=False)
             x = x.clamp(-1, 1).to(self.dtype)
         emb = self._prompts(prompts)
         with torch.no_grad():
             y = self.gen(x, emb, direction=batch.direction, generator=gens)
         y = y.float()
-        if res and (h, w) != (res, res):  # inference_unpaired.py resizes the output back to the input size
-            y = F.interpolate(y, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
-        images = (y * 0.5 + 0.5).clamp(0, 1).cpu()
+        if res and lanczos:  # ToPILImage (8 bits, truncated as `.byte()` does), LANCZOS back to the input size
+            images = _pil_resize((y * 0.5 + 0.5).clamp(0, 1).cpu(), (h, w), truncate=True)
+        else:
+            if res and (h, w) != (res, res):  # inference_unpaired.py resizes the output back to the input size
+                y = F.interpolate(y, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+            images = (y * 0.5 + 0.5).clamp(0, 1).cpu()
         extras = [{"direction": batch.direction, "prompt": p, "trained": self.trained} for p in prompts]
         return TranslationOutput(images=images, extras=extras)
+
+
+def _pil_resize(images01: Any, hw: tuple[int, int], *, truncate: bool) -> Any:
+    """Each [0, 1] image as an 8-bit PIL image (rounded, as a file loads; `truncate`: torchvision ToPILImage's
+    `mul(255).byte()`), resized to hw with PIL LANCZOS (a same-size image is only quantised), back to [0, 1] floats."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    x = images01.detach().float().cpu().clamp(0, 1) * 255
+    x8 = (x if truncate else x.round()).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = [np.asarray(Image.fromarray(np.ascontiguousarray(a)).resize((hw[1], hw[0]), Image.LANCZOS)) for a in x8]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255
 
 
 __all__ = ["OFFICIAL", "CycleGANTurbo", "Pix2PixTurbo"]

@@ -34,6 +34,9 @@ UNPAIRED_INFERENCE = {
     "resolution": HParam(None, "None: translate at the input size (docs/training_cyclegan_turbo.md --val_img_prep "
                          "no_resize); official driving models: 512 (inference_unpaired.py --image_prep "
                          "resize_512x512, output resized back to the input size)"),
+    "resize_filter": HParam("lanczos", "inference_unpaired.py with a resolution: the 8-bit input resized with PIL "
+                            "LANCZOS (build_transform 'resize_512x512'), the output taken to 8 bits (ToPILImage) and "
+                            "resized back with LANCZOS; 'bicubic' = float bicubic, antialiased, no 8-bit steps"),
 }
 
 _COMMON_TRAIN = {

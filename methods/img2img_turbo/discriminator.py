@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import spectral_norm  # the hook version vision_aided_loss uses (not parametrizations)
 
 LOSS_TYPES = {"multilevel_sigmoid": 1.0, "multilevel_sigmoid_s": 0.8}
 DIFFAUG_POLICY = "color,translation,cutout"  # CVBackbone(diffaug=True)

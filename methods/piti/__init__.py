@@ -82,6 +82,23 @@ class PITI(Translator):
             "return_low_res": HParam(False, "ours: put the quantised 64 px base sample in the extras"),
         },
         license="MIT (authors' code and this implementation); GLIDE weights: MIT (openai/glide-text2im)",
+        fixes=(
+            "L0 smoothing of the upsampler's degradation works on [0, 1] floats (upstream degradation/l0smooth.py "
+            "divides by 256 and casts to uint8, which turns the image black)",
+            "the task encoder's cls_token and positional_embedding are initialised (upstream text2im_model.py "
+            "creates them with th.empty and never initialises them)",
+            "degradation kernel widths drawn as exactly 0 are floored at 1e-6 (a singular kernel, NaN, upstream)",
+        ),
+        variants={
+            "guidance=normalized": (
+                "the paper's normalized classifier-free guidance, reconstructed from the paper (sec. 3): the guided "
+                "eps is rescaled to the conditional prediction's mean/std; the released code (glide_util.py) has "
+                "plain CFG only. Not measured against the paper (no reference code exists)"),
+            "sampler=ddim": "DDIM sampling of the base model (the released image_sample.py samples ancestral DDPM)",
+            "keep_aspect": (
+                "fit the condition's long side into 256 and pad (upstream squashes to 256 x 256, changing the "
+                "aspect ratio of non-square inputs)"),
+        },
         size_multiple=1,
         min_size=8,
     )

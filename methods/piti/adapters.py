@@ -1,7 +1,8 @@
 """Condition input adapters: a task's condition image (B x C x H x W in [0, 1]) -> PITI's encoder input.
 
 PITI's loaders (spec A.2 / A.7) feed the encoder a 256 x 256 condition mapped to [-1, 1]:
-- mask (3 ch): the RGB colour-coded label map, resized NEAREST (labels must not be blended), ToTensor +
+- mask (3 ch): the RGB colour-coded label map, resized NEAREST (labels must not be blended; PIL picks pixel
+  centres, which torch calls "nearest-exact"), ToTensor +
   Normalize(0.5, 0.5) -> [-1, 1] (image_datasets_mask.py);
 - sketch (1 ch): a binary edge map -> `cv2.distanceTransform(255 - edge, DIST_L1, 3)` clipped to [0, 255], /255,
   -> [-1, 1] (image_datasets_sketch.py). We reuse `datasets.piti_data.edge_distance_transform` (one
@@ -64,9 +65,9 @@ def _fit(x: torch.Tensor, size: int, keep_aspect: bool, pad_value: float, shrink
         if shrink == "max" and (th < h or tw < w):
             x = F.adaptive_max_pool2d(x, (th, tw))
             if th > h or tw > w:
-                x = F.interpolate(x, size=(th, tw), mode="nearest")
+                x = F.interpolate(x, size=(th, tw), mode="nearest-exact")
         else:
-            x = F.interpolate(x, size=(th, tw), mode="nearest")
+            x = F.interpolate(x, size=(th, tw), mode="nearest-exact")
     if (th, tw) != (size, size):
         top, left = (size - th) // 2, (size - tw) // 2
         x = F.pad(x, (left, size - tw - left, top, size - th - top), value=pad_value)

@@ -50,8 +50,9 @@ class Pix2PixZero(Translator):
         defaults={
             "num_inversion_steps": HParam(50, f"{_SRC} src/inversion.py --num_ddim_steps 50"),
             "inversion_schedule": HParam(
-                "mirror", "ours: inversion timesteps mirror the editing DDIM schedule exactly (as diffusers' "
-                "DDIMInverseScheduler); 'authors' = src/utils/ddim_inv.py loop (first/last step skipped, a[t-1])"),
+                "authors", f"{_SRC} src/utils/ddim_inv.py DDIMInversion loop + src/utils/scheduler.py reverse step "
+                "(first/last step skipped: 48 steps for 50, levels a[t-1] -> a[t+T/n-1]); 'mirror' = the exact "
+                "reverse of the editing DDIM schedule (diffusers' DDIMInverseScheduler)"),
             "inversion_guidance_scale": HParam(1.0, f"{_SRC} src/inversion.py: guidance_scale=1 (no CFG)"),
             "lambda_ac": HParam(20.0, f"{_SRC} src/utils/ddim_inv.py DDIMInversion.__call__ lambda_ac=20.0"),
             "lambda_kl": HParam(20.0, f"{_SRC} src/utils/ddim_inv.py DDIMInversion.__call__ lambda_kl=20.0"),
@@ -80,6 +81,20 @@ class Pix2PixZero(Translator):
             "return_reconstruction": HParam(False, "ours: also decode the reference pass (the reconstruction)"),
         },
         license="MIT (authors' code and this implementation); CreativeML OpenRAIL-M (SD 1.4 weights)",
+        fixes=(
+            "auto-correlation roll shift drawn from [1, S/2), never 0 (the authors' own fix, commit ec33392 of "
+            "2024-09-05; diffusers' StableDiffusionPix2PixZeroPipeline still draws 0)",
+            "batches > 1: the cross-attention loss is averaged per sample (upstream asserts batch 1; its mean over "
+            "batch x heads would scale each sample's guidance step by 1/B)",
+            "language-model sentence banks drop lines that cleaning leaves empty (upstream's flan-t5 branch "
+            "averages the empty prompt's embedding into the bank)",
+        ),
+        variants={
+            "inversion_schedule=mirror": (
+                "inversion timesteps mirror the 50-step editing DDIM schedule exactly (50 steps, a[t-T/n] -> a[t]) "
+                "instead of the authors' 48-step loop: on the tiny SD-1.4 preset at 50 steps x_inv is rel 0.5-0.7 "
+                "away from the authors' DDIMInversion and the edited latent rel 0.45 from their EditingPipeline"),
+        },
         size_multiple=8,
         min_size=32,  # latents of side >= 4 give the autocorrelation loss a non-trivial shift range
     )

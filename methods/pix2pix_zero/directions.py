@@ -58,7 +58,8 @@ _ARTICLES = {"a", "an", "the"}
 # Language-model banks: the authors' flan-t5-xl / bloomz prompt and sampling (gradio_utils.py).
 LM_PROMPT = ("Provide a caption for images containing a {word}. The captions should be in English and should be "
              "no longer than 150 characters. The caption must contain the word {word}. Caption:")
-LM_SAMPLING = dict(do_sample=True, temperature=0.95, num_return_sequences=16, max_length=128, min_length=15)
+LM_SAMPLING = dict(do_sample=True, temperature=0.95, num_return_sequences=16, max_length=128, min_length=15,
+                   eta_cutoff=1e-5)
 
 
 def _article(word: str) -> str:
@@ -150,24 +151,27 @@ def load_embedding_file(path: str | Path) -> Any:
     return t.mean(0, keepdim=True)
 
 
-def clean_lm_lines(lines: Sequence[str], word: str) -> list[str]:
-    """The authors' post-processing of LM samples: drop digits, '.', '-', ')' (clean_l_sentences), and append
-    ', {word}' to lines that miss a word of the concept (gpt3/bloomz branches)."""
+def clean_lm_lines(lines: Sequence[str], word: str, *, suffix: bool = True) -> list[str]:
+    """The authors' post-processing of LM samples (gradio_utils.py): with `suffix` (bloomz_compute_sentences; the
+    flan-t5 branch has no such rule) a stripped line that misses a word of the concept gets ', {word}' appended;
+    then clean_l_sentences drops digits, '.', '-', ')' and strips. Lines left empty are dropped (upstream keeps them
+    and averages the embedding of an empty prompt into the bank; with the suffix rule no line is empty)."""
     out = []
     for line in lines:
-        s = re.sub(r"\d", "", line).replace(".", "").replace("-", "").replace(")", "").strip()
-        if not s:
-            continue
-        if any(sub not in s for sub in word.split(" ")):
+        s = line.strip()
+        if suffix and any(sub not in s for sub in word.split(" ")):
             s = f"{s}, {word}"
-        out.append(s)
+        s = re.sub(r"\d", "", s).replace(".", "").replace("-", "").replace(")", "").strip()
+        if s:
+            out.append(s)
     return out
 
 
 def lm_sentences(model_id: str, concept: str, num: int, *, device: Any = "cpu", seed: int = 0,
                  max_calls: int = 1000) -> list[str]:
     """`num` sentences about `concept` sampled from a hub language model (seq2seq or causal), cached on disk."""
-    key = hash_obj("p2pz-lm-bank", CACHE_VERSION, model_id, concept, num, seed)
+    # "authors-2": eta_cutoff, the bloomz-only suffix rule and the uncut last call (banks made before differ)
+    key = hash_obj("p2pz-lm-bank", CACHE_VERSION, "authors-2", model_id, concept, num, seed)
     path = cache_dir() / "pix2pix-zero" / "banks" / f"{key}.txt"
     if path.is_file():
         return read_sentences(path)
@@ -193,12 +197,13 @@ def lm_sentences(model_id: str, concept: str, num: int, *, device: Any = "cpu", 
             out = model.generate(ids, **LM_SAMPLING, pad_token_id=pad)
             if not cfg.is_encoder_decoder:
                 out = out[:, ids.shape[1]:]
-            sentences += clean_lm_lines(tok.batch_decode(out, skip_special_tokens=True), concept)
+            sentences += clean_lm_lines(tok.batch_decode(out, skip_special_tokens=True), concept,
+                                        suffix=not cfg.is_encoder_decoder)
             if len(sentences) >= num:
                 break
     if not sentences:
         raise InputError(f"{model_id} produced no usable sentences for {concept!r}")
-    sentences = sentences[:num]
+    # upstream keeps every sentence of the last call (num rounded up to a multiple of 16)
     atomic_write_text(path, "\n".join(sentences) + "\n")
     return sentences
 

@@ -26,8 +26,8 @@ Deliberate differences from the authors' code (results equal theirs up to float 
 - Batches > 1: the loss is averaged per sample (upstream's mean over batch x heads would scale each sample's step
   by 1/B); latents are kept in float32 between UNet calls (upstream: the model dtype); the map loss is computed in
   float32.
-- The inversion schedule defaults to the exact mirror of the editing schedule ("mirror"); "authors" reproduces the
-  upstream loop (see `methods.common.ddim.inversion_schedule`).
+- The inversion schedule is the authors' loop by default ("authors"); "mirror", the exact reverse of the editing
+  schedule, is an option (see `methods.common.ddim.inversion_schedule`).
 - The SD safety checker never runs (it blacks out images in a benchmark).
 """
 
