@@ -74,7 +74,7 @@ def _load_env_plugins() -> None:
         load_plugin(spec)
 
 
-def list() -> builtins.list[str]:  # noqa: A001 - the registry API name asked for by the design
+def list() -> builtins.list[str]:  # noqa: A001 - the registry's public API name
     """Registered method names, sorted. Imports no method module."""
     _load_env_plugins()
     return sorted(_BUILTIN)

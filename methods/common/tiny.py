@@ -31,7 +31,8 @@ TINY_VERSION = 3  # 2: sd-turbo scheduler config carries clip_sample=false like 
 #                   middle attention has its GroupNorm (attn_norm_num_groups), as ADM
 SEED = 0
 
-# SD-Turbo's scheduler config (HF stabilityai/sd-turbo/scheduler/scheduler_config.json; spec img2img-turbo §A.3).
+# SD-Turbo's scheduler config (HF stabilityai/sd-turbo/scheduler/scheduler_config.json, as img2img-turbo
+# `src/model.py` make_1step_sched loads it).
 SD_TURBO_SCHEDULER = dict(
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
     prediction_type="epsilon", timestep_spacing="trailing", steps_offset=1, interpolation_type="linear",

@@ -1,4 +1,5 @@
-"""guided-diffusion (ADM) UNet checkpoints -> diffusers `UNet2DModel` (spec piti_and_diffuseit.md B.1 and D.1).
+"""guided-diffusion (ADM) UNet checkpoints -> diffusers `UNet2DModel` (DiffuseIT `optimization/image_editor.py`;
+key mapping as in diffusers `scripts/convert_consistency_to_diffusers.py`).
 
 DiffuseIT runs OpenAI's unconditional ImageNet 256x256 model (`256x256_diffusion_uncond.pt`) or, with `--use_ffhq`,
 a 256x256 FFHQ model (`ffhq_10m.pt`). Both are ADM UNets with scale-shift norm, resblock up/down-sampling, head
@@ -12,7 +13,8 @@ width 64, learned variance (6 output channels) and the *legacy* attention (`QKVA
 - `attn_norm_num_groups=32`: without it diffusers builds the mid-block attention WITHOUT a GroupNorm whenever
   `resnet_time_scale_shift != "default"`, while ADM's middle AttentionBlock has one;
 - `norm_eps=1e-5`: ADM's GroupNorm32 is `nn.GroupNorm(32, ch)` (torch's default eps); a community config uses 1e-6
-  (spec D.1 item 5); tests/test_diffuseit.py shows the 1e-5 model matches the reference math and 1e-6 does not;
+  (HF lukasz-staniszewski/adm-imagenet-256x256-unconditional `unet/config.json`); tests/test_diffuseit.py shows
+  the 1e-5 model matches the reference math and 1e-6 does not;
 - `flip_sin_to_cos=True, freq_shift=0`: ADM's timestep embedding is [cos, sin] with frequencies
   exp(-ln(10000) i / half), which is diffusers' `Timesteps` with those settings (checked in the tests);
 - qkv: ADM's fused conv1d rows (heads, 3, head_dim) are reordered to (3, heads, head_dim) and split into
@@ -54,7 +56,7 @@ class ADMConfig:
         return self.image_size // 2**level in self.attention_resolutions
 
 
-#: DiffuseIT's two backbones (optimization/image_editor.py; spec B.1). channel_mult is guided-diffusion's default for
+#: DiffuseIT's two backbones (optimization/image_editor.py). channel_mult is guided-diffusion's default for
 #: image_size 256; attention_resolutions "32,16,8" / "16".
 BACKBONES: dict[str, ADMConfig] = {
     "imagenet-256": ADMConfig(256, 256, 2, (1, 1, 2, 2, 4, 4), (32, 16, 8)),

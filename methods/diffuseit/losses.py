@@ -1,4 +1,5 @@
-"""DiffuseIT's guidance losses on the shared encoders (eval.dino / eval.clip), spec piti_and_diffuseit.md B.3-B.6.
+"""DiffuseIT's guidance losses on the shared encoders (eval.dino / eval.clip), as the authors'
+optimization/image_editor.py computes them.
 
 Every loss here is PER SAMPLE (a B-vector); the sampler sums them, so each sample's gradient is exactly what a
 batch-of-1 run computes (upstream assumes batch 1 and sums/averages over the batch in places).

@@ -1,7 +1,7 @@
 """The DiffuseIT sampler (imported lazily by `methods.diffuseit`): MCG-guided respaced DDPM from the noised input.
 
-Algorithm (authors' optimization/image_editor.py + their modified guided_diffusion p_sample_loop_progressive;
-spec piti_and_diffuseit.md B.2-B.6):
+Algorithm (authors' optimization/image_editor.py + their modified guided_diffusion p_sample_loop_progressive
+in guided_diffusion/gaussian_diffusion.py):
 1. x_T' = q_sample(x0, T' = num_steps - skip - 1) (respacing "100", skip 40: 60 reverse steps from index 59).
 2. Every reverse step t: one UNet pass on x_t WITH gradients gives the learned-range p(x_{t-1} | x_t) (mean,
    variance, x0 prediction, clip_denoised=False); the guidance loss is computed on the x0 prediction and on the

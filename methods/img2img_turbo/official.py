@@ -1,7 +1,7 @@
 """The six official img2img-turbo checkpoints (no torch import): download URL, caption, direction, how to feed them.
 
 Source: GaParmar/img2img-turbo `src/pix2pix_turbo.py`, `src/cyclegan_turbo.py`, `src/inference_paired.py`,
-`src/inference_unpaired.py` (spec A.8, A.9). All six are LoRA/skip-conv files on top of `stabilityai/sd-turbo`
+`src/inference_unpaired.py`. All six are LoRA/skip-conv files on top of `stabilityai/sd-turbo`
 and are read by `methods.img2img_turbo.convert.import_official` with `torch.load(weights_only=True)`.
 No horse2zebra, summer/winter or foggy checkpoint was released: those models must be trained.
 """

@@ -4,7 +4,7 @@ A pretrained GLIDE diffusion model (base 64 px + upsampler 64 -> 256 px) is adap
 sketches, depth) by a task-specific encoder that maps the condition into GLIDE's text-token space: 256 context
 tokens for the UNet's joint attention + a pooled token added to the time embedding. Sampling: base model with
 classifier-free guidance against the all-ones null condition, 8-bit quantisation, upsampler with its own encoder
-of the same condition (spec ../shared/specs/piti_and_diffuseit.md part A; authors' code PITI-Synthesis/PITI).
+of the same condition (arXiv 2205.12952 sec. 3; authors' code PITI-Synthesis/PITI).
 
 Call: `translate(TranslationInput(images, condition=cond), generator=[g1, ..., gB])` with `cond` B x 3 x H x W in
 [0, 1] (or B x 1 / B x 6); without a condition the images are the condition (the paired layout's convention).
@@ -215,7 +215,7 @@ class PITI(Translator):
         return resolve_train_config(overrides, "tiny" if preset == "tiny" else "paper")
 
     def fit(self, data: Any, config: Mapping[str, Any], *, callback: Any = None) -> None:
-        """Two-stage finetuning of the encoder / decoder (spec A.3); see `training.py`."""
+        """Two-stage finetuning of the encoder / decoder (PITI `mask_finetune_base.sh`); see `training.py`."""
         from .training import fit
 
         fit(self, data, dict(config or {}), callback=callback)

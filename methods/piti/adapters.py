@@ -1,6 +1,6 @@
 """Condition input adapters: a task's condition image (B x C x H x W in [0, 1]) -> PITI's encoder input.
 
-PITI's loaders (spec A.2 / A.7) feed the encoder a 256 x 256 condition mapped to [-1, 1]:
+PITI's loaders (`image_datasets_*.py`) feed the encoder a 256 x 256 condition mapped to [-1, 1]:
 - mask (3 ch): the RGB colour-coded label map, resized NEAREST (labels must not be blended; PIL picks pixel
   centres, which torch calls "nearest-exact"), ToTensor +
   Normalize(0.5, 0.5) -> [-1, 1] (image_datasets_mask.py);

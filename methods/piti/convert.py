@@ -5,8 +5,9 @@ Official files (read with `torch.load(weights_only=True)` through `methods.commo
   `Text2ImUNet` / `SuperResText2ImUNet` state dict. PITI `image_train.py` drops the text transformer when it loads
   them into `model.decoder` -- every key starting with `transformer` except `transformer_proj*`, and
   `padding_embedding*`, `positional_embedding*`, `token_embedding*`, `final_ln*` -- and loads the rest strictly
-  (spec A.1). We do the same; the encoder is then freshly initialised (as upstream: PITI trains it from scratch).
-- PITI `base_mask.pt`, `upsample_mask.pt`, `base_edge.pt`, `upsample_edge.pt` (spec A.8): the full `Text2ImModel`
+  (PITI `image_train.py`). We do the same; the encoder is then freshly initialised (as upstream: PITI trains it
+  from scratch).
+- PITI `base_mask.pt`, `upsample_mask.pt`, `base_edge.pt`, `upsample_edge.pt` (PITI README): the full `Text2ImModel`
   state dict, `encoder.*` (our encoder uses the official names, loaded as is) + `decoder.*` (GLIDE UNet names).
 
 GLIDE UNet layout (glide_text2im/unet.py `UNetModel` + text2im_model.py; names only): `time_embed.{0,2}`,
@@ -29,7 +30,7 @@ import torch
 from ..base import WeightsNotFoundError
 from .model import COND_CHANNELS, PITIConfig, PITIModel, load_strict
 
-#: spec A.1 (PITI image_train.py): GLIDE text-side keys removed before loading base.pt / upsample.pt.
+#: PITI image_train.py: GLIDE text-side keys removed before loading base.pt / upsample.pt.
 GLIDE_DROPPED_PREFIXES = ("padding_embedding", "positional_embedding", "token_embedding", "final_ln")
 #: official file names per (condition kind, role) (PITI README / sample.sh / image_sample.py)
 OFFICIAL_FILES = {("mask", "base"): "base_mask.pt", ("mask", "upsample"): "upsample_mask.pt",
@@ -41,7 +42,7 @@ _RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj",
 
 
 def is_glide_text_key(key: str) -> bool:
-    """True for the GLIDE text-transformer keys PITI drops (spec A.1)."""
+    """True for the GLIDE text-transformer keys PITI drops (PITI `image_train.py`)."""
     if key.startswith("transformer") and not key.startswith("transformer_proj"):
         return True
     return key.startswith(GLIDE_DROPPED_PREFIXES)
@@ -219,7 +220,7 @@ def infer_config(state: dict[str, torch.Tensor]) -> PITIConfig:
 def model_from_official(state: dict[str, torch.Tensor], cfg: PITIConfig | None = None, *, where: str = "checkpoint",
                         seed: int = 0) -> PITIModel:
     """A PITIModel from an official state dict: a PITI full model (encoder.* + decoder.*) or a GLIDE UNet (text
-    keys dropped as spec A.1, the encoder freshly initialised with `seed`). Returned in eval mode."""
+    keys dropped as PITI `image_train.py` does, the encoder freshly initialised with `seed`). Returned in eval mode."""
     cfg = cfg or infer_config(state)
     with torch.random.fork_rng(devices=[]):  # seeded encoder init without touching the caller's global RNG
         torch.manual_seed(seed)

@@ -1,9 +1,10 @@
 """PITI's "BSR-light" degradation: how the 64 px `low_res` input of the upsampler is made from a 256 px photo.
 
-A light variant of BSRGAN's degradation (Zhang et al. 2021), as PITI's upsampler training uses it (spec A.4;
-PITI `glide_text2im/degradation/bsrgan_light.py::degradation_bsrgan_variant`, `l0smooth.py`), written from the
-spec and the published formulas on float HxWx3 images in [0, 1] with an explicit `np.random.Generator`, so a
-seed gives the same result every time (upstream draws from the global `random` / `np.random` states).
+A light variant of BSRGAN's degradation (Zhang et al. 2021), as PITI's upsampler training uses it
+(PITI `glide_text2im/degradation/bsrgan_light.py::degradation_bsrgan_variant`, `l0smooth.py`), written from a
+reading of that code and the published formulas on float HxWx3 images in [0, 1] with an explicit
+`np.random.Generator`, so a seed gives the same result every time (upstream draws from the global `random` /
+`np.random` states).
 
 Pipeline (sf = 256 // 64 = 4):
 1. mod-crop to a multiple of sf; with prob 0.25 (sf == 4 only) a first 2x downsample (half: a random
@@ -40,13 +41,13 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-#: Probabilities of `degradation_bsrgan_variant` (spec A.4; PITI bsrgan_light.py).
+#: Probabilities of `degradation_bsrgan_variant` (PITI bsrgan_light.py).
 BLUR_PROB, JPEG_PROB, SCALE2_PROB, L0_PROB = 0.8, 0.5, 0.25, 0.2
-#: Gaussian noise levels (out of 255) of op 4: randint(1, 2) (spec A.4: "very light").
+#: Gaussian noise levels (out of 255) of op 4: randint(1, 2) (PITI bsrgan_light.py: "very light").
 NOISE_LEVELS = (1, 2)
 #: JPEG quality range of op 5 (inclusive).
 JPEG_QUALITY = (80, 95)
-#: L0 smoothing: lambda ~ U(1.2, 4.0) * 1e-3, kappa 2, beta_max 1e5 (spec A.4; PITI l0smooth.py).
+#: L0 smoothing: lambda ~ U(1.2, 4.0) * 1e-3, kappa 2, beta_max 1e5 (PITI l0smooth.py).
 L0_LAMBDA = (1.2e-3, 4.0e-3)
 L0_KAPPA = 2.0
 L0_BETA_MAX = 1e5

@@ -1,4 +1,4 @@
-"""PITI's task-specific encoder: condition image (256 px) -> 256 context tokens + one pooled token (spec A.2).
+"""PITI's task-specific encoder: condition image (256 px) -> 256 context tokens + one pooled token (PITI `Encoder`).
 
 CNN (PITI `text2im_model.py` `CNN`): conv7x7 s1 -> c0, four conv3x3 s2 -> c1..c4 (256 -> 16 px), conv3x3 s1 -> c5;
 every conv but the last is followed by InstanceNorm2d(affine=True) and LeakyReLU(0.2). Real widths
@@ -104,7 +104,8 @@ class Transformer(nn.Module):
 
 class TaskEncoder(nn.Module):
     """`forward(cond) -> (pooled B x W, tokens B x L x W)`; cond is the B x cond_channels x 256 x 256 condition in
-    [-1, 1] (the unconditional input of classifier-free guidance is all ones, spec A.2)."""
+    [-1, 1] (the unconditional input of classifier-free guidance is all ones, as PITI's
+    `glide_util.py` and `image_datasets_*.py` use it)."""
 
     def __init__(self, cfg: PITIConfig) -> None:
         super().__init__()

@@ -1,7 +1,7 @@
 """The upsampler's extra losses in PITI: VGG19 perceptual loss and a WGAN-GP PatchGAN (imports torch).
 
-Spec A.4 (PITI `pretrained_diffusion/vgg.py`, `adv.py`, `gaussian_diffusion.py::training_losses`): for the 64->256
-upsampler only, and only once the first 100 steps are done, the hybrid diffusion loss gets
+As PITI computes them (`pretrained_diffusion/vgg.py`, `adv.py`, `gaussian_diffusion.py::training_losses`): for the
+64->256 upsampler only, and only once the first 100 steps are done, the hybrid diffusion loss gets
 
     perceptual = 0.004 * mean_flat((VGG(x0hat.clamp(-1, 1)) - VGG(x0))^2)       VGG = vgg19.features[:8] (conv2_2,
                                                                                  before its ReLU), [0,1] + ImageNet
@@ -242,7 +242,8 @@ class AdversarialLoss(nn.Module):
 
 def upsampler_extra_losses(x0hat: torch.Tensor, x0: torch.Tensor, *, perceptual: PerceptualLoss | None,
                            adversarial: AdversarialLoss | None) -> dict[str, torch.Tensor]:
-    """The perceptual and adversarial terms (already weighted 0.004 / 0.01) of a predicted x0 (spec A.4); zero
+    """The perceptual and adversarial terms (already weighted 0.004 / 0.01) of a predicted x0 (PITI
+    `gaussian_diffusion.py::training_losses`); zero
     tensors for the terms that are off."""
     x0hat = x0hat.clamp(-1, 1)
     zero = torch.zeros(x0.shape[0], device=x0.device, dtype=x0hat.dtype)

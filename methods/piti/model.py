@@ -11,7 +11,7 @@ A PITI weights directory holds one pair per condition kind: `<root>/<kind>/{base
 depth), or a single pair `<root>/{base,upsample}/` (the kind is read from the config).
 
 Presets (`PITIConfig.preset(name, **overrides)`): "base" and "upsample" are the released architectures
-(spec A.1 / PITI `script_util.py`); "tiny-base" / "tiny-upsample" keep every block kind (residual up/down-sampling,
+(PITI `script_util.py`); "tiny-base" / "tiny-upsample" keep every block kind (residual up/down-sampling,
 joint attention with encoder tokens, pooled-token projection, the 6-conv CNN on a 256 px condition -> 256 tokens,
 the pre-LN transformer) at toy width for tests and CI.
 """

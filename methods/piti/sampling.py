@@ -1,6 +1,6 @@
 """PITI's two-stage sampler: guided base model (64 px) -> 8-bit quantisation -> upsampler (256 px).
 
-As released (PITI `image_sample.py`, `pretrained_diffusion/glide_util.py`; spec A.5/A.6):
+As released (PITI `image_sample.py`, `pretrained_diffusion/glide_util.py`, `sample.sh`):
 1. Base: ancestral DDPM with learned variance over the respaced process (`prediction_respacing="250"`),
    `clip_denoised=True`, classifier-free guidance on the condition vs the all-ones null condition, both halves fed
    the same x_t. Guided eps only; the variance channels of the CONDITIONAL half are used ("plain" guidance:
@@ -16,8 +16,8 @@ conditional prediction's statistics:
     eps_hat = eps_u + s (eps_c - eps_u)
     eps_tilde = (eps_hat - mean(eps_hat)) / std(eps_hat) * std(eps_c) + mean(eps_c)
 with mean/std PER SAMPLE over all C x H x W eps values (per_channel=True: per sample and channel). I could not read
-the paper's section 3 text here (only its abstract is reachable offline); spec A.5 reconstructs it from secondary
-notes as eps_tilde = (eps_hat - mu_hat) / sigma_hat * sigma + mu with mu_hat = (1+w) mu - w mu_u (w = s - 1; equal to
+the paper's section 3 text here (only its abstract is reachable offline); secondary notes on the paper reconstruct it
+as eps_tilde = (eps_hat - mu_hat) / sigma_hat * sigma + mu with mu_hat = (1+w) mu - w mu_u (w = s - 1; equal to
 mean(eps_hat) exactly, by linearity) and sigma_hat^2 = (1+w)^2 sigma^2 + w^2 sigma_u^2, which assumes eps_c and eps_u
 independent. We use the EMPIRICAL std of eps_hat instead of that independence formula, so the output has exactly the
 conditional prediction's mean and std (the property the method is after; the two differ when eps_c and eps_u are

@@ -1,6 +1,6 @@
 """PITI fine-tuning under Hugging Face Accelerate: the two base stages and the adversarial upsampler (imports torch).
 
-Follows the authors' scripts and train loop (spec A.3/A.4; PITI `mask_finetune_base.sh`, `mask_finetune_upsample.sh`,
+Follows the authors' scripts and train loop (PITI `mask_finetune_base.sh`, `mask_finetune_upsample.sh`,
 `sketch_finetune_*.sh`, `glide_text2im/train_util.py`, `gaussian_diffusion.py::training_losses`):
 
 | stage       | model     | trainable         | uncond_p | lr     | global batch | steps (scripts) | timesteps     |
@@ -59,7 +59,7 @@ STAGES = ("stage1", "stage1-cont", "stage2", "upsampler")
 _SH = "mask_finetune_base.sh / sketch_finetune_base.sh"
 _SHU = "mask_finetune_upsample.sh"
 
-#: per-stage defaults (spec A.3)
+#: per-stage defaults (PITI mask_finetune_base.sh / sketch_finetune_base.sh / mask_finetune_upsample.sh)
 STAGE_DEFAULTS: dict[str, dict[str, HParam]] = {
     "stage1": {
         "learning_rate": HParam(3.5e-5, f"{_SH} stage 1 --lr 3.5e-5"),
@@ -94,7 +94,7 @@ TRAIN_DEFAULTS: dict[str, HParam] = {
                          "from the GLIDE UNet (--model_path ./ckpt/base.pt in the scripts); stage1 / upsampler: with "
                          "a freshly initialised encoder; stage2: with the loaded (stage-1) encoder, as "
                          "mask_finetune_base.sh. None: continue from the loaded model"),
-    "stage": HParam("stage1", "spec A.3: stage1 -> stage1-cont -> stage2 for the base model; 'upsampler' trains the "
+    "stage": HParam("stage1", f"{_SH}: stage1 -> stage1-cont -> stage2 for the base model; 'upsampler' trains the "
                     "64->256 model (one call trains one stage; chain them by loading the previous output)"),
     "learning_rate": HParam(None, "None: the stage's lr (STAGE_DEFAULTS)"),
     "uncond_p": HParam(None, "None: the stage's uncond_p (STAGE_DEFAULTS); the condition becomes all ones"),
@@ -109,7 +109,7 @@ TRAIN_DEFAULTS: dict[str, HParam] = {
     "ema_rate": HParam(0.9999, "train_util.py / image_train.py --ema_rate 0.9999"),
     "schedule_sampler": HParam(None, f"None: 'loss-second-moment' for the base stages ({_SH} --schedule_sampler), "
                                "'uniform' for the upsampler (its script sets none: image_train.py default)"),
-    "rescale_learned_sigmas": HParam(True, "spec A.1 script_util.py defaults: rescale_learned_sigmas=True -> "
+    "rescale_learned_sigmas": HParam(True, "script_util.py defaults: rescale_learned_sigmas=True -> "
                                      "RESCALED_MSE (VB x num_timesteps/1000 = x1 for the 1000-step training process)"),
     "adv_warmup_steps": HParam(100, "train_util.py forward_backward: `if self.step < 100: vgg_loss = adv_loss = None`"),
     "use_perceptual": HParam(None, "None: on for the upsampler only (image_train.py use_vgg = args.super_res)"),

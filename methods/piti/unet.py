@@ -1,6 +1,6 @@
 """The GLIDE/PITI decoder UNet, assembled from diffusers blocks that compute exactly GLIDE's math.
 
-Architecture (GLIDE `Text2ImUNet` as used by PITI `Text2ImModel.decoder`; spec A.1/A.2): ADM UNet with
+Architecture (GLIDE `Text2ImUNet` as used by PITI `Text2ImModel.decoder`, `text2im_model.py`, `unet.py`): ADM UNet with
 scale-shift norm and residual up/down-sampling blocks, self-attention at the configured resolutions in which the
 image queries attend to the task encoder's 256 tokens AND the image positions (encoder k/v concatenated in front of
 the image k/v), and the encoder's pooled token projected (`transformer_proj`, width -> 4 ch) and added to the

@@ -76,7 +76,7 @@ class Pix2PixZero(Translator):
                                 "diffusers StableDiffusionPix2PixZeroPipeline docs (authors: LAVIS blip base_coco)"),
             "mode": HParam("real", f"{_SRC} src/edit_real.py (caption as negative prompt); 'synthetic' = "
                                    "src/edit_synthetic.py (x_T ~ N(0, I), empty negative prompt)"),
-            "cache_inversions": HParam(True, "issue 5: inversions cached per (image, caption, model, settings, seed)"),
+            "cache_inversions": HParam(True, "ours: inversions cached per (image, caption, model, settings, seed)"),
             "log_xa_loss": HParam(False, "ours: record the cross-attention loss of each edit step in the extras"),
             "return_reconstruction": HParam(False, "ours: also decode the reference pass (the reconstruction)"),
         },
@@ -132,7 +132,8 @@ class Pix2PixZero(Translator):
     def networks(self) -> dict[str, Any]:
         e = self.engine
         # The backward pass through the UNet (one per guided edit step) and the noise regularizer's gradient steps
-        # are required work of the algorithm (issue 5 lists both); they are modules so the census times them.
+        # are required work of the algorithm (its cross-attention guidance and noise regularization); they are
+        # modules so the census times them.
         return {"text_encoder": e.text_encoder, "vae.encoder": e.vae.encoder, "unet": e.unet,
                 "unet.backward": e.backward_pass, "noise_regularizer": e.regularizer, "vae.decoder": e.vae.decoder}
 
