@@ -233,7 +233,7 @@ def test_converter_equals_reference_adm_math(name):
 
 
 def test_groupnorm_eps_is_torch_default_not_community_1e6():
-    """Spec D.1 item 5: ADM's GroupNorm32 = nn.GroupNorm(32, ch), eps 1e-5. On a low-variance input the eps
+    """guided-diffusion nn.py: ADM's GroupNorm32 = nn.GroupNorm(32, ch), eps 1e-5. On a low-variance input the eps
     matters: the converted model (norm_eps=1e-5) matches the reference, a 1e-6 config does not."""
     cfg = TOY["imagenet-like"]
     sd = random_adm_state_dict(cfg, seed=3)
