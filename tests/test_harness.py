@@ -110,6 +110,11 @@ def test_every_method_and_trainer_coerces_and_validates_through_one_resolver():
     with pytest.raises(methods.InputError, match="prompt must be"):
         turbo.resolve_config("tiny", {"prompt": "other"})
     assert methods.get("sdedit").resolve_config("tiny-turbo")["num_inference_steps"] == 2  # the preset overlay
+    sd = methods.get("sdedit")
+    assert (sd.resolve_config("tiny")["num_inference_steps"], sd.resolve_config("paper")["num_inference_steps"]) == (
+        10, 50)  # the tiny preset's short schedule; the paper keeps 50
+    assert sd.resolve_config("tiny", {"num_inference_steps": 50})["num_inference_steps"] == 50  # still overridable
+    assert sd.resolve_config("tiny")["guidance_scale"] == 7.5  # the same algorithm: CFG stays
     for trainer, bad in (("cyclegan-turbo", {"max_train_steps": 2.5}), ("pix2pix-turbo", {"learning_rate": "x"}),
                          ("piti", {"stage": "stage2", "max_steps": 2.5})):
         with pytest.raises(methods.InputError, match="is not a valid"):
@@ -150,16 +155,16 @@ def _outputs(run_dir: Path) -> dict[str, bytes]:
 
 def test_three_value_sweep_gives_three_rows_sharing_inputs_and_cache(tmp_path, capsys):
     out = tmp_path / "sweep"
-    rc, _, err = _main(capsys, *FAST, "--out", str(out), "--set", "sdedit.num_inference_steps=10")
+    rc, _, err = _main(capsys, *FAST, "--out", str(out), "--set", "sdedit.num_inference_steps=6")
     assert rc == 0, err
     first = {p: p.stat().st_mtime_ns for p in (out / "outputs").rglob("*.png")}
     inputs = {p: p.stat().st_mtime_ns for p in (out / "inputs").rglob("*.png")}
-    rc, _, err = _main(capsys, *FAST, "--out", str(out), "--set", "sdedit.num_inference_steps=10",
+    rc, _, err = _main(capsys, *FAST, "--out", str(out), "--set", "sdedit.num_inference_steps=6",
                        "sdedit.strength=0.3,0.5,0.7")
     assert rc == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
-    rows = ["sdedit[strength=0.3,num_inference_steps=10]", "sdedit[num_inference_steps=10]",
-            "sdedit[strength=0.7,num_inference_steps=10]"]
+    rows = ["sdedit[strength=0.3,num_inference_steps=6]", "sdedit[num_inference_steps=6]",
+            "sdedit[strength=0.7,num_inference_steps=6]"]
     assert list(manifest["methods"]) == [rows[1], rows[0], rows[2]]  # the first run's row, then the new ones
     for row in rows:
         assert manifest["methods"][row]["method"] == "sdedit"
