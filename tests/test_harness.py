@@ -52,6 +52,8 @@ PREFLIGHT = {
     "unknown option": (["--set", "sdedit.strenght=0.5"], "unknown option 'strenght'"),
     "weights for two": (["--methods", "sdedit", "identity", "--weights", "x"], "single method"),
     "bad sweep value": (["--set", "sdedit.strength=0.3,abc"], "is not a valid float"),
+    "figure format": (["--figures", "png,svg"], "unknown figure format(s) svg; known: png, pdf"),
+    "figures without png": (["--figures", "pdf"], "use --figures png or --figures png,pdf"),
 }
 
 
@@ -193,6 +195,23 @@ def test_sweep_rows_reach_the_tables_and_the_summary(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # run files, --print-config, rerun
 # ---------------------------------------------------------------------------------------------------------------
+def test_figures_key_of_a_run_file_and_the_report_flag(tmp_path, capsys):
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(f"methods: [identity]\ntasks: [test-harness]\nquiet: true\nfigures: png,pdf\n"
+                        f"out: {tmp_path / 'r'}\n")
+    rc, _, err = _main(capsys, "--config", str(run_file))
+    assert rc == 0, err
+    figs = tmp_path / "r" / "figures"
+    assert {p.suffix for p in figs.iterdir()} == {".png", ".pdf"} and (figs / "grid_test-harness.pdf").is_file()
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["run_config"]["figures"] == ["png", "pdf"]
+    rc, _, err = _main(capsys, "report", str(tmp_path / "r"))  # the run's own formats by default
+    assert rc == 0 and (figs / "grid_test-harness.pdf").is_file(), err
+    rc, _, err = _main(capsys, "report", str(tmp_path / "r"), "--figures", "png")
+    assert rc == 0 and {p.suffix for p in figs.iterdir()} == {".png"}, err
+    rc, _, err = _main(capsys, "report", str(tmp_path / "r"), "--figures", "png,eps")
+    assert rc == 2 and "unknown figure format(s) eps" in err
+
+
 def test_print_config_is_a_run_file_that_round_trips(tmp_path, capsys):
     out = tmp_path / "a"
     rc, printed, err = _main(capsys, *FAST, "--out", str(out), "--set", "sdedit.num_inference_steps=4",

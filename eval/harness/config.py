@@ -26,7 +26,7 @@ DEFAULT_OUT = Path("runs") / "default"
 
 #: The keys of a run file: the flags of `benchmark.py run`, with `set` for the per-method options.
 RUN_KEYS = ("methods", "tasks", "out", "preset", "weights", "device", "dtype", "seed", "batch_size", "max_samples",
-            "resolution", "evaluate", "eval_preset", "quiet", "set")
+            "resolution", "evaluate", "eval_preset", "figures", "quiet", "set")
 
 
 class Sweep(list):
@@ -53,6 +53,7 @@ class RunConfig:
     quiet: bool = False
     evaluate: bool = True
     eval_preset: str | None = None  # encoders of the metrics: "tiny" | "paper" (default: follows `preset`)
+    figures: list[str] | str = field(default_factory=lambda: ["png"])  # "png" (default) or "png,pdf"
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     explicit: bool = False  # the user named methods and tasks: a kind mismatch is worth a warning
 
@@ -79,6 +80,7 @@ class RunConfig:
         """The configuration as run-file keys (JSON/YAML-able)."""
         d = {k: v for k, v in asdict(self).items() if k not in ("overrides", "explicit")}
         d["out"] = str(self.out)
+        d["figures"] = self.figures if isinstance(self.figures, str) else list(self.figures)
         d["set"] = {m: {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in opts.items()}
                     for m, opts in self.overrides.items()}
         return {k: d[k] for k in RUN_KEYS}

@@ -518,7 +518,7 @@ def run(cfg: RunConfig, *, registry: Any) -> RunResult:
         atomic_write_json(run_dir / MANIFEST, manifest)
         if cfg.evaluate:
             _evaluate(run_dir, cfg, [p.name for p in plans], tasks)
-            _write_report(run_dir)
+            _write_report(run_dir, cfg.figures)
     return RunResult(run_dir)
 
 
@@ -597,10 +597,10 @@ def _evaluate(run_dir: Path, cfg: RunConfig, labels: list[str], tasks: dict[str,
                                                          for n in sorted(used)})
 
 
-def _write_report(run_dir: Path) -> tuple[Path, Path]:
+def _write_report(run_dir: Path, figure_formats: Any = ("png",)) -> tuple[Path, Path]:
     from reports import write_report
 
-    return write_report(run_dir)
+    return write_report(run_dir, figure_formats=figure_formats)
 
 
 def _file_safe(name: str) -> str:
