@@ -189,6 +189,8 @@ def _parser() -> argparse.ArgumentParser:
                         "available (paper); default follows --preset")
     p.add_argument("--figures", metavar="FORMATS",
                    help="figure files: png (default) or png,pdf (PDF copies for papers)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads per process (default: usable cores / local processes, or OMP_NUM_THREADS)")
     p.add_argument("--quiet", action="store_const", const=True, help="no progress bars")
     p.set_defaults(func=cmd_run)
 

@@ -26,7 +26,7 @@ DEFAULT_OUT = Path("runs") / "default"
 
 #: The keys of a run file: the flags of `benchmark.py run`, with `set` for the per-method options.
 RUN_KEYS = ("methods", "tasks", "out", "preset", "weights", "device", "dtype", "seed", "batch_size", "max_samples",
-            "resolution", "evaluate", "eval_preset", "figures", "quiet", "set")
+            "resolution", "evaluate", "eval_preset", "figures", "threads", "quiet", "set")
 
 
 class Sweep(list):
@@ -54,6 +54,7 @@ class RunConfig:
     evaluate: bool = True
     eval_preset: str | None = None  # encoders of the metrics: "tiny" | "paper" (default: follows `preset`)
     figures: list[str] | str = field(default_factory=lambda: ["png"])  # "png" (default) or "png,pdf"
+    threads: int | None = None  # CPU intra-op threads per process (default: usable cores / local processes)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     explicit: bool = False  # the user named methods and tasks: a kind mismatch is worth a warning
 
@@ -61,13 +62,13 @@ class RunConfig:
         self.out = Path(self.out)
         self.methods = list(self.methods or [])
         self.tasks = [str(t) for t in self.tasks or []]
-        for name in ("seed", "batch_size", "max_samples", "resolution"):
+        for name in ("seed", "batch_size", "max_samples", "resolution", "threads"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigError(f"{name} must be an integer, got {value!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        for name in ("max_samples", "resolution"):
+        for name in ("max_samples", "resolution", "threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_preset not in (None, "tiny", "paper"):

@@ -471,6 +471,7 @@ def run(cfg: RunConfig, *, registry: Any) -> RunResult:
 
     from eval.harness.preflight import preflight
     from eval.harness.result import RunResult
+    from eval.harness.threads import apply_thread_policy
     from eval.store import atomic_write_json
 
     cfg = replace(cfg, methods=list(cfg.methods), tasks=list(cfg.tasks))  # the caller's object stays as given
@@ -479,6 +480,9 @@ def run(cfg: RunConfig, *, registry: Any) -> RunResult:
     main = state is None or state.is_main_process
     world = 1 if state is None else state.num_processes
     device = str(state.device) if state is not None and cfg.device.startswith("cuda") else cfg.device
+    threads = apply_thread_policy(cfg.threads)
+    if main:
+        _log(cfg, threads.describe())
     run_dir = cfg.out
     with RunLock(run_dir) if main else contextlib.nullcontext():
         tasks = _load_tasks(cfg, record=main)
