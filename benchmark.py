@@ -106,11 +106,16 @@ def cmd_perf(args: argparse.Namespace) -> int:
     import torch
 
     import methods
+    from eval.errors import ConfigError
     from eval.harness import parse_overrides, perf
     from eval.harness.perf import perf_table
     from eval.harness.rundir import MANIFEST, PERF_CSV
     from eval.harness.runner import device_name
+    from eval.harness.threads import apply_thread_policy
 
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {args.threads}")
+    apply_thread_policy(args.threads, tiny=args.preset.startswith("tiny"))
     df = perf(args.methods, registry=methods, preset=args.preset, device=args.device, dtype=args.dtype,
               batch_size=args.batch_size, resolution=args.resolution, warmup=args.warmup, repeats=args.repeats,
               overrides=parse_overrides(args.set), out=args.out)
@@ -220,6 +225,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=64, help="square input size")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, help="CPU threads (default: as for run)")
     p.add_argument("--set", nargs="+", metavar="METHOD.OPTION=VALUE")
     p.add_argument("--out", default="runs/default", help="writes OUT/perf/perf.csv (and updates OUT's report)")
     p.set_defaults(func=cmd_perf)

@@ -47,6 +47,9 @@ def test_threads_are_cores_over_local_processes_and_overridable(tmp_path):
     assert thread_policy(env={"LOCAL_WORLD_SIZE": "8"}, affinity=16, cgroup_root=root).threads == 1  # at least 1
     assert thread_policy(env={"OMP_NUM_THREADS": "3"}, affinity=16, cgroup_root=root).threads == 3
     assert thread_policy(5, env={"OMP_NUM_THREADS": "3"}, affinity=16, cgroup_root=root).threads == 5
+    tiny = thread_policy(env={}, tiny=True, affinity=16, cgroup_root=root)  # toy networks: one thread
+    assert tiny.threads == 1 and "4 available" in tiny.reason
+    assert thread_policy(2, env={}, tiny=True, affinity=16, cgroup_root=root).threads == 2  # still overridable
 
 
 def test_threads_flag_and_run_file_key(tmp_path, capsys):

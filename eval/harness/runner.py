@@ -480,7 +480,8 @@ def run(cfg: RunConfig, *, registry: Any) -> RunResult:
     main = state is None or state.is_main_process
     world = 1 if state is None else state.num_processes
     device = str(state.device) if state is not None and cfg.device.startswith("cuda") else cfg.device
-    threads = apply_thread_policy(cfg.threads)
+    tiny = cfg.preset.startswith("tiny") and not cfg.weights and (cfg.eval_preset or cfg.preset) != "paper"
+    threads = apply_thread_policy(cfg.threads, tiny=tiny)
     if main:
         _log(cfg, threads.describe())
     run_dir = cfg.out

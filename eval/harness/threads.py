@@ -68,10 +68,12 @@ class ThreadPolicy:
         return f"CPU threads: {self.threads} per process ({self.reason})"
 
 
-def thread_policy(requested: int | None = None, *, env: Mapping[str, str] | None = None, affinity: int | None = None,
-                  cgroup_root: Path = CGROUP_ROOT) -> ThreadPolicy:
-    """The intra-op thread count: `requested` (--threads) if given, else an explicit OMP_NUM_THREADS, else the
-    usable cores divided by the local processes (at least 1)."""
+def thread_policy(requested: int | None = None, *, tiny: bool = False, env: Mapping[str, str] | None = None,
+                  affinity: int | None = None, cgroup_root: Path = CGROUP_ROOT) -> ThreadPolicy:
+    """The intra-op thread count: `requested` (--threads) if given, else an explicit OMP_NUM_THREADS, else one
+    thread for `tiny` networks (toy-size ops gain nothing from a second thread and lose several-fold to
+    spin-waiting when the cores are shared: the default tiny run took 2-4x longer with 2 threads than with 1 on a
+    shared 2-core machine), else the usable cores divided by the local processes (at least 1)."""
     env = os.environ if env is None else env
     if requested is not None:
         return ThreadPolicy(int(requested), "--threads")
@@ -80,14 +82,17 @@ def thread_policy(requested: int | None = None, *, env: Mapping[str, str] | None
         return ThreadPolicy(int(omp), "OMP_NUM_THREADS")
     cores = usable_cores(affinity=affinity, cgroup_root=cgroup_root)
     procs = local_processes(env)
-    return ThreadPolicy(max(1, cores // procs), f"{cores} usable core(s) / {procs} process(es)")
+    share = max(1, cores // procs)
+    if tiny:
+        return ThreadPolicy(1, f"tiny networks; {share} available: {cores} usable core(s) / {procs} process(es)")
+    return ThreadPolicy(share, f"{cores} usable core(s) / {procs} process(es)")
 
 
-def apply_thread_policy(requested: int | None = None) -> ThreadPolicy:
+def apply_thread_policy(requested: int | None = None, *, tiny: bool = False) -> ThreadPolicy:
     """Set torch's intra-op threads by `thread_policy` and return the decision."""
     import torch
 
-    policy = thread_policy(requested)
+    policy = thread_policy(requested, tiny=tiny)
     if torch.get_num_threads() != policy.threads:
         torch.set_num_threads(policy.threads)
     return policy
