@@ -195,7 +195,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", metavar="FORMATS",
                    help="figure files: png (default) or png,pdf (PDF copies for papers)")
     p.add_argument("--threads", type=int,
-                   help="CPU threads per process (default: usable cores / local processes, or OMP_NUM_THREADS)")
+                   help="CPU threads per process (default: OMP_NUM_THREADS, else 1 on tiny presets, else usable "
+                        "cores / local processes)")
     p.add_argument("--quiet", action="store_const", const=True, help="no progress bars")
     p.set_defaults(func=cmd_run)
 

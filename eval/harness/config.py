@@ -54,7 +54,7 @@ class RunConfig:
     evaluate: bool = True
     eval_preset: str | None = None  # encoders of the metrics: "tiny" | "paper" (default: follows `preset`)
     figures: list[str] | str = field(default_factory=lambda: ["png"])  # "png" (default) or "png,pdf"
-    threads: int | None = None  # CPU intra-op threads per process (default: usable cores / local processes)
+    threads: int | None = None  # CPU intra-op threads per process (default: eval.harness.threads.thread_policy)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     explicit: bool = False  # the user named methods and tasks: a kind mismatch is worth a warning
 
