@@ -79,10 +79,25 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _figure_formats(flag: str | None, run_dir: Path) -> list[str]:
+    """--figures, else the formats the run was made with (its manifest's run file), else PNG."""
+    import json
+
+    from eval.harness.preflight import check_figures
+    from eval.harness.rundir import MANIFEST
+
+    if flag is None:
+        try:
+            flag = json.loads((run_dir / MANIFEST).read_text()).get("run_config", {}).get("figures")
+        except (OSError, ValueError, AttributeError):
+            flag = None
+    return check_figures(flag or "png")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from reports import write_report
 
-    md, html = write_report(Path(args.run_dir))
+    md, html = write_report(Path(args.run_dir), figure_formats=_figure_formats(args.figures, Path(args.run_dir)))
     print(f"report: {md}\n        {html}")
     return 0
 
@@ -91,11 +106,16 @@ def cmd_perf(args: argparse.Namespace) -> int:
     import torch
 
     import methods
+    from eval.errors import ConfigError
     from eval.harness import parse_overrides, perf
     from eval.harness.perf import perf_table
     from eval.harness.rundir import MANIFEST, PERF_CSV
     from eval.harness.runner import device_name
+    from eval.harness.threads import apply_thread_policy
 
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {args.threads}")
+    apply_thread_policy(args.threads, tiny=args.preset.startswith("tiny"))
     df = perf(args.methods, registry=methods, preset=args.preset, device=args.device, dtype=args.dtype,
               batch_size=args.batch_size, resolution=args.resolution, warmup=args.warmup, repeats=args.repeats,
               overrides=parse_overrides(args.set), out=args.out)
@@ -105,7 +125,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
     if (Path(args.out) / MANIFEST).exists():
         from reports import write_report
 
-        write_report(Path(args.out))
+        write_report(Path(args.out), figure_formats=_figure_formats(None, Path(args.out)))
     return 0
 
 
@@ -172,6 +192,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-preset", choices=("tiny", "paper"),
                    help="metric encoders: toy random ones (tiny) or the real architectures, with real weights where "
                         "available (paper); default follows --preset")
+    p.add_argument("--figures", metavar="FORMATS",
+                   help="figure files: png (default) or png,pdf (PDF copies for papers)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads per process (default: OMP_NUM_THREADS, else 1 on tiny presets, else usable "
+                        "cores / local processes)")
     p.add_argument("--quiet", action="store_const", const=True, help="no progress bars")
     p.set_defaults(func=cmd_run)
 
@@ -187,6 +212,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="(re)build report.md/report.html of a run directory from its files")
     p.add_argument("run_dir")
+    p.add_argument("--figures", metavar="FORMATS",
+                   help="figure files: png or png,pdf (default: as the run was made)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("perf", help="latency, throughput, peak memory and overhead ratio per method",
@@ -199,6 +226,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=64, help="square input size")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, help="CPU threads (default: as for run)")
     p.add_argument("--set", nargs="+", metavar="METHOD.OPTION=VALUE")
     p.add_argument("--out", default="runs/default", help="writes OUT/perf/perf.csv (and updates OUT's report)")
     p.set_defaults(func=cmd_perf)

@@ -4,6 +4,7 @@ nothing)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 #: What a task asks of a method (a MethodCard lists the kinds it can run; a Task has one).
@@ -18,6 +19,29 @@ METRICS = ("fid", "kid", "dino_struct", "dino_struct_v2", "clip_score", "clip_di
 CLEAN_FID_EXTENSIONS = ("bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp", "npy", "JPEG", "JPG", "PNG")
 #: Image files the dataset loaders read: clean-fid's image types, matched case-insensitively (no .npy arrays).
 IMAGE_EXTENSIONS = tuple(sorted({"." + e.lower() for e in CLEAN_FID_EXTENSIONS} - {".npy"}))
+
+#: Formats a run can write its figures in. PNG is always among them: the report pages show the PNGs; PDF (vector,
+#: for papers) is written on request.
+FIGURE_FORMATS = ("png", "pdf")
+DEFAULT_FIGURE_FORMATS = ("png",)
+
+
+def parse_figure_formats(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """`"png,pdf"` or `["png", "pdf"]` -> ("png", "pdf") (lower case, duplicates dropped); None -> the default.
+    Raises ValueError naming the fix for an unknown format or a list without PNG."""
+    if value is None:
+        return DEFAULT_FIGURE_FORMATS
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    formats = tuple(dict.fromkeys(v.strip().lower().lstrip(".") for v in items if v.strip()))
+    unknown = [f for f in formats if f not in FIGURE_FORMATS]
+    if unknown:
+        raise ValueError(f"unknown figure format(s) {', '.join(unknown)}; known: {', '.join(FIGURE_FORMATS)} "
+                         "(e.g. --figures png,pdf)")
+    if "png" not in formats:
+        raise ValueError(f"figure formats {','.join(formats) or '(none)'} lack png, which the report pages show; "
+                         "use --figures png or --figures png,pdf")
+    return formats
+
 
 #: Where a method's weights come from.
 #:   real                trained weights (the authors' release in the project's format, or a `train` checkpoint)

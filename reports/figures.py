@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from eval.store import atomic_path
+from eval.vocab import DEFAULT_FIGURE_FORMATS, FIGURE_FORMATS
 
 from .aggregate import MEMORY, SPEED, canonical_metric
 from .tables import DAGGER, RANDOM_NOTE, metric_label, perf_is_random
@@ -68,20 +69,29 @@ def _colors(methods: Sequence[str]) -> dict[str, Any]:
     return {m: cmap(i % 10) for i, m in enumerate(methods)}
 
 
-def save_figure(fig: Figure, stem: str | Path, *, dpi: float | None = 150) -> list[Path]:
-    """Save `fig` as `<stem>.png` and `<stem>.pdf`, atomically and without timestamps (same bytes every time).
+_SAVE_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Creator": None, "Producer": None}}
+
+
+def save_figure(fig: Figure, stem: str | Path, *, dpi: float | None = 150,
+                formats: Sequence[str] = DEFAULT_FIGURE_FORMATS) -> list[Path]:
+    """Save `fig` as `<stem>.<format>` for each of `formats` (default PNG only; "pdf" adds a vector copy),
+    atomically and without timestamps (same bytes every time); a copy in a format not asked for is removed, so
+    the folder never holds a stale one. Returns the paths in `formats` order.
 
     `dpi` None keeps the figure's own (image grids: one thumbnail pixel per PNG pixel, no resampling)."""
     dpi = dpi or fig.dpi
     stem = Path(stem)
-    paths = []
-    for fmt, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Creator": None,
-                                                            "Producer": None})):
+    unknown = [f for f in formats if f not in FIGURE_FORMATS]
+    if unknown:
+        raise ValueError(f"unknown figure format(s) {unknown}; known: {', '.join(FIGURE_FORMATS)}")
+    for fmt in FIGURE_FORMATS:
         path = stem.with_name(stem.name + f".{fmt}")
+        if fmt not in formats:
+            path.unlink(missing_ok=True)
+            continue
         with atomic_path(path) as tmp, matplotlib.rc_context(_STYLE):
-            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=meta)
-        paths.append(path)
-    return paths
+            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_SAVE_METADATA[fmt])
+    return [stem.with_name(stem.name + f".{fmt}") for fmt in formats]
 
 
 # ----------------------------------------------------------------------------------------------- image grid
@@ -329,10 +339,12 @@ def write_figures(
     max_rows: int = 8,
     thumb: int = 128,
     quiet: bool = True,
+    formats: Sequence[str] = DEFAULT_FIGURE_FORMATS,
 ) -> dict[str, Path]:
     """Draw and save every figure the run supports under `out_dir` (default `<run>/figures/`).
 
-    Returns {figure key: PNG path} (the PDF lies next to it), keys "grid/<task>", "tradeoff", "latency",
+    `formats` must include "png"; "pdf" adds a PDF next to each PNG.
+    Returns {figure key: PNG path} (other formats lie next to it), keys "grid/<task>", "tradeoff", "latency",
     "memory", "perf"; figures without data (no DINO/CLIP metrics, no memory, no perf) are skipped. A progress
     bar on stderr unless `quiet`.
     """
@@ -349,9 +361,11 @@ def write_figures(
         ("memory", "memory", lambda: bar_chart(summary, MEMORY, run.methods, run.tasks), 150),
         ("perf", "perf", lambda: perf_chart(run.perf, weights), 150),
     ]
+    if "png" not in formats:
+        raise ValueError("the figure formats must include png (the report pages show the PNGs)")
     written: dict[str, Path] = {}
     for key, stem, draw, dpi in tqdm(jobs, desc="figures", unit="fig", disable=quiet, leave=False):
         fig = draw()
         if fig is not None:
-            written[key] = save_figure(fig, out / stem, dpi=dpi)[0]
+            written[key] = save_figure(fig, out / stem, dpi=dpi, formats=formats)[list(formats).index("png")]
     return written

@@ -21,6 +21,7 @@ import pandas as pd
 
 from eval.harness.rundir import REPORT_HTML, REPORT_MD
 from eval.store import atomic_write_text
+from eval.vocab import DEFAULT_FIGURE_FORMATS
 
 from .aggregate import Run, count_failures, describe_manifest_value, load_run, summarize_run
 from .figures import write_figures
@@ -98,7 +99,8 @@ class ReportData:
 
 
 def build_report(run_dir: str | Path, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
-                 max_rows: int = 8, figures: bool = True, quiet: bool = True) -> ReportData:
+                 max_rows: int = 8, figures: bool = True, quiet: bool = True,
+                 figure_formats: Sequence[str] = DEFAULT_FIGURE_FORMATS) -> ReportData:
     """Load the run, summarise it, write `tables/` (and `figures/` unless `figures=False`) and return the data
     the report pages are rendered from."""
     run = load_run(run_dir)
@@ -106,21 +108,23 @@ def build_report(run_dir: str | Path, *, n_boot: int = 1000, confidence: float =
     tables = build_main_tables(summary, run, n_boot=n_boot, confidence=confidence, seed=seed)
     perf_table = build_perf_table(run.perf, {m: run.method_weights(m) for m in run.methods})
     write_tables([*tables, *([perf_table] if perf_table else [])], run.root / "tables", summary=summary)
-    figs = write_figures(run, summary, max_rows=max_rows, quiet=quiet) if figures else {}
+    figs = write_figures(run, summary, max_rows=max_rows, quiet=quiet, formats=figure_formats) if figures else {}
     return ReportData(run, summary, tables, perf_table, figs)
 
 
 def write_report(run_dir: str | Path, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
-                 max_rows: int = 8, figures: bool = True, quiet: bool = True) -> tuple[Path, Path]:
+                 max_rows: int = 8, figures: bool = True, quiet: bool = True,
+                 figure_formats: Sequence[str] = DEFAULT_FIGURE_FORMATS) -> tuple[Path, Path]:
     """Build `report.md` and the self-contained `report.html` in `run_dir` (plus `tables/` and `figures/`).
 
     Reads only files in the run directory; the same run gives the same bytes every time. `n_boot`,
     `confidence` and `seed` set the bootstrap CIs; `max_rows` caps the samples shown per image grid;
-    `figures=False` skips drawing (faster; the pages then show no figures); `quiet=False` shows a progress bar.
+    `figures=False` skips drawing (faster; the pages then show no figures); `figure_formats` ("png" and
+    optionally "pdf") are the files written per figure; `quiet=False` shows a progress bar.
     Returns (md_path, html_path).
     """
     data = build_report(run_dir, n_boot=n_boot, confidence=confidence, seed=seed, max_rows=max_rows,
-                        figures=figures, quiet=quiet)
+                        figures=figures, quiet=quiet, figure_formats=figure_formats)
     md_path, html_path = data.run.root / REPORT_MD, data.run.root / REPORT_HTML
     atomic_write_text(md_path, render_markdown(data))
     atomic_write_text(html_path, render_html(data))
@@ -270,6 +274,11 @@ CIRCULARITY_NOTE = ("These methods optimise the very features these metrics read
                     "(other encoders; the CLIP metrics use ViT-L/14, which no method here optimises).")
 
 
+def _formats_note(sections: list[tuple[str, str, Path]]) -> str:
+    """"PNG" or "PNG and PDF": the formats the figures were written in."""
+    return "PNG and PDF" if all(png.with_suffix(".pdf").is_file() for _, _, png in sections) else "PNG"
+
+
 def _figure_sections(data: ReportData) -> list[tuple[str, str, Path]]:
     """(section, caption, png) for each figure, in report order."""
     out = []
@@ -327,15 +336,15 @@ def render_markdown(data: ReportData) -> str:
 
     sections = _figure_sections(data)
     if sections:
-        out += ["## Figures", "", "PNG and PDF of each figure are in `figures/`.", ""]
+        out += ["## Figures", "", f"{_formats_note(sections)} of each figure are in `figures/`.", ""]
         current = None
         for section, caption, png in sections:
             if section != current:
                 out += [f"### {section}", ""]
                 current = section
             rel = png.relative_to(run.root).as_posix()
-            pdf = rel[:-4] + ".pdf"
-            out += [f"**{_md(caption)}** ([PDF]({pdf}))", "", f"![{_md(caption)}]({rel})", ""]
+            link = f" ([PDF]({rel[:-4]}.pdf))" if png.with_suffix(".pdf").is_file() else ""
+            out += [f"**{_md(caption)}**{link}", "", f"![{_md(caption)}]({rel})", ""]
 
     methods = _method_sections(run)
     if methods:
@@ -448,7 +457,7 @@ def render_html(data: ReportData) -> str:
 
     sections = _figure_sections(data)
     if sections:
-        out += ["<h2>Figures</h2>", "<p>PNG and PDF of each figure are in <code>figures/</code>.</p>"]
+        out += ["<h2>Figures</h2>", f"<p>{_formats_note(sections)} of each figure are in <code>figures/</code>.</p>"]
         current = None
         for section, caption, png in sections:
             if section != current:

@@ -67,9 +67,9 @@ def test_default_form_runs_evaluates_reports_and_report_regenerates(tmp_path):
 @pytest.mark.slow
 def test_perf_prints_overhead_table_and_writes_csv(tmp_path):
     r = _cli("perf", "--methods", "identity", "sdedit", "--repeats", "2", "--out", str(tmp_path),
-             "--set", "sdedit.num_inference_steps=4")
+             "--set", "sdedit.num_inference_steps=4", "--threads", "1")
     assert r.returncode == 0, r.stderr
-    assert "overhead" in r.stdout
+    assert "overhead" in r.stdout and ", 1 threads" in r.stdout
     df = pd.read_csv(tmp_path / "perf" / "perf.csv").set_index("method")
     assert df.loc["identity", "network_calls"] == "none" and pd.isna(df.loc["identity", "overhead"])
     sd = df.loc["sdedit[num_inference_steps=4]"]  # a variant is its own row

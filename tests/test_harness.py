@@ -52,6 +52,8 @@ PREFLIGHT = {
     "unknown option": (["--set", "sdedit.strenght=0.5"], "unknown option 'strenght'"),
     "weights for two": (["--methods", "sdedit", "identity", "--weights", "x"], "single method"),
     "bad sweep value": (["--set", "sdedit.strength=0.3,abc"], "is not a valid float"),
+    "figure format": (["--figures", "png,svg"], "unknown figure format(s) svg; known: png, pdf"),
+    "figures without png": (["--figures", "pdf"], "use --figures png or --figures png,pdf"),
 }
 
 
@@ -110,6 +112,11 @@ def test_every_method_and_trainer_coerces_and_validates_through_one_resolver():
     with pytest.raises(methods.InputError, match="prompt must be"):
         turbo.resolve_config("tiny", {"prompt": "other"})
     assert methods.get("sdedit").resolve_config("tiny-turbo")["num_inference_steps"] == 2  # the preset overlay
+    sd = methods.get("sdedit")
+    assert (sd.resolve_config("tiny")["num_inference_steps"], sd.resolve_config("paper")["num_inference_steps"]) == (
+        10, 50)  # the tiny preset's short schedule; the paper keeps 50
+    assert sd.resolve_config("tiny", {"num_inference_steps": 50})["num_inference_steps"] == 50  # still overridable
+    assert sd.resolve_config("tiny")["guidance_scale"] == 7.5  # the same algorithm: CFG stays
     for trainer, bad in (("cyclegan-turbo", {"max_train_steps": 2.5}), ("pix2pix-turbo", {"learning_rate": "x"}),
                          ("piti", {"stage": "stage2", "max_steps": 2.5})):
         with pytest.raises(methods.InputError, match="is not a valid"):
@@ -150,16 +157,16 @@ def _outputs(run_dir: Path) -> dict[str, bytes]:
 
 def test_three_value_sweep_gives_three_rows_sharing_inputs_and_cache(tmp_path, capsys):
     out = tmp_path / "sweep"
-    rc, _, err = _main(capsys, *FAST, "--out", str(out), "--set", "sdedit.num_inference_steps=10")
+    rc, _, err = _main(capsys, *FAST, "--out", str(out), "--set", "sdedit.num_inference_steps=6")
     assert rc == 0, err
     first = {p: p.stat().st_mtime_ns for p in (out / "outputs").rglob("*.png")}
     inputs = {p: p.stat().st_mtime_ns for p in (out / "inputs").rglob("*.png")}
-    rc, _, err = _main(capsys, *FAST, "--out", str(out), "--set", "sdedit.num_inference_steps=10",
+    rc, _, err = _main(capsys, *FAST, "--out", str(out), "--set", "sdedit.num_inference_steps=6",
                        "sdedit.strength=0.3,0.5,0.7")
     assert rc == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
-    rows = ["sdedit[strength=0.3,num_inference_steps=10]", "sdedit[num_inference_steps=10]",
-            "sdedit[strength=0.7,num_inference_steps=10]"]
+    rows = ["sdedit[strength=0.3,num_inference_steps=6]", "sdedit[num_inference_steps=6]",
+            "sdedit[strength=0.7,num_inference_steps=6]"]
     assert list(manifest["methods"]) == [rows[1], rows[0], rows[2]]  # the first run's row, then the new ones
     for row in rows:
         assert manifest["methods"][row]["method"] == "sdedit"
@@ -188,6 +195,23 @@ def test_sweep_rows_reach_the_tables_and_the_summary(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # run files, --print-config, rerun
 # ---------------------------------------------------------------------------------------------------------------
+def test_figures_key_of_a_run_file_and_the_report_flag(tmp_path, capsys):
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(f"methods: [identity]\ntasks: [test-harness]\nquiet: true\nfigures: png,pdf\n"
+                        f"out: {tmp_path / 'r'}\n")
+    rc, _, err = _main(capsys, "--config", str(run_file))
+    assert rc == 0, err
+    figs = tmp_path / "r" / "figures"
+    assert {p.suffix for p in figs.iterdir()} == {".png", ".pdf"} and (figs / "grid_test-harness.pdf").is_file()
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["run_config"]["figures"] == ["png", "pdf"]
+    rc, _, err = _main(capsys, "report", str(tmp_path / "r"))  # the run's own formats by default
+    assert rc == 0 and (figs / "grid_test-harness.pdf").is_file(), err
+    rc, _, err = _main(capsys, "report", str(tmp_path / "r"), "--figures", "png")
+    assert rc == 0 and {p.suffix for p in figs.iterdir()} == {".png"}, err
+    rc, _, err = _main(capsys, "report", str(tmp_path / "r"), "--figures", "png,eps")
+    assert rc == 2 and "unknown figure format(s) eps" in err
+
+
 def test_print_config_is_a_run_file_that_round_trips(tmp_path, capsys):
     out = tmp_path / "a"
     rc, printed, err = _main(capsys, *FAST, "--out", str(out), "--set", "sdedit.num_inference_steps=4",

@@ -271,6 +271,42 @@ def test_bank_embeddings_are_cached_on_disk(tiny, project_cache):
     assert torch.equal(fresh.concept_embedding("teapot", "templates"), emb)
 
 
+def test_tiny_preset_uses_a_small_seeded_bank_and_its_encodings_hit_the_cache(tiny, tmp_path, monkeypatch):
+    from methods.pix2pix_zero.directions import DirectionBuilder, template_sentences
+    from methods.registry import get
+
+    cls = get("pix2pix-zero")
+    assert cls.resolve_config("tiny")["template_bank_size"] == 32
+    assert cls.resolve_config("paper")["template_bank_size"] == 2000  # the paper keeps the full banks
+    assert cls.resolve_config("tiny", {"template_bank_size": 2000})["template_bank_size"] == 2000
+    with pytest.raises(InputError, match="template_bank_size"):
+        cls.resolve_config("tiny", {"template_bank_size": 0})
+    small = template_sentences("owl", 32)
+    assert len(small) == 32 and small == template_sentences("owl", 32) and set(small) < set(template_sentences("owl"))
+    assert small != template_sentences("cat", 32)[:32]
+
+    d = tiny.engine.directions
+    monkeypatch.setenv("I2I_ZOO_CACHE", str(tmp_path))  # a fresh project cache (the model is already loaded)
+    calls = []
+
+    class Counting:  # the tiny text encoder, counting its calls
+        config = d.text_encoder.config
+        device = d.text_encoder.device
+
+        def __call__(self, *a, **kw):
+            calls.append(1)
+            return d.text_encoder(*a, **kw)
+
+    first = DirectionBuilder(d.tokenizer, Counting(), d.weights_id)
+    emb = first.concept_embedding("owl", "templates", template_bank_size=32)
+    assert calls == [1]  # 32 sentences: one encoder batch
+    second = DirectionBuilder(d.tokenizer, Counting(), d.weights_id)  # a new process: no in-memory memo
+    assert torch.equal(second.concept_embedding("owl", "templates", template_bank_size=32), emb)
+    assert calls == [1]  # the second call read the encodings from the content-keyed disk cache
+    second.concept_embedding("owl", "templates", template_bank_size=31)
+    assert calls == [1, 1]  # other sentences, another key
+
+
 @pytest.mark.parametrize("src, tgt, expected", [
     ("a photo of a cat", "a photo of a dog", ("cat", "dog")),
     ("a photo of an orange dahlia", "a photo of a sunflower", ("orange dahlia", "sunflower")),

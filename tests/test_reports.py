@@ -258,14 +258,22 @@ def test_random_weights_label(tmp_path: Path, random_report: tuple[Path, Path], 
 
 
 # ----------------------------------------------------------------------------------------------- figures, report
-def test_figures_exist_as_png_and_pdf(random_report: tuple[Path, Path], random_run: Path) -> None:
+def test_figures_are_png_by_default_and_pdf_on_request(random_report: tuple[Path, Path], random_run: Path) -> None:
     fig_dir = random_run / "figures"
     stems = {"grid_horse2zebra", "grid_edges2shoes", "grid_cat_edit", "tradeoff_clip_dino", "latency", "memory",
              "perf"}
+    assert {p.name for p in fig_dir.iterdir()} == {f"{s}.png" for s in stems}  # the default: PNG only
     for stem in stems:
-        png, pdf = fig_dir / f"{stem}.png", fig_dir / f"{stem}.pdf"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stem
-        assert pdf.read_bytes()[:5] == b"%PDF-", stem
+        assert (fig_dir / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stem
+    assert "[PDF]" not in random_report[0].read_text() and "PNG of each figure" in random_report[0].read_text()
+    md, _ = reports.write_report(random_run, n_boot=200, figure_formats=("png", "pdf"))
+    for stem in stems:
+        assert (fig_dir / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-", stem
+    assert "([PDF](figures/perf.pdf))" in md.read_text() and "PNG and PDF of each figure" in md.read_text()
+    with pytest.raises(ValueError, match="png"):
+        reports.write_report(random_run, n_boot=200, figure_formats=("pdf",))
+    reports.write_report(random_run, n_boot=200)  # back to the default: no stale PDF stays behind
+    assert {p.name for p in fig_dir.iterdir()} == {f"{s}.png" for s in stems}
     # Figure titles carry the random-weights note (and only when some plotted method is random).
     run = load_run(random_run)
     summary = summarize_run(run, n_boot=50)

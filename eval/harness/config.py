@@ -26,7 +26,7 @@ DEFAULT_OUT = Path("runs") / "default"
 
 #: The keys of a run file: the flags of `benchmark.py run`, with `set` for the per-method options.
 RUN_KEYS = ("methods", "tasks", "out", "preset", "weights", "device", "dtype", "seed", "batch_size", "max_samples",
-            "resolution", "evaluate", "eval_preset", "quiet", "set")
+            "resolution", "evaluate", "eval_preset", "figures", "threads", "quiet", "set")
 
 
 class Sweep(list):
@@ -53,6 +53,8 @@ class RunConfig:
     quiet: bool = False
     evaluate: bool = True
     eval_preset: str | None = None  # encoders of the metrics: "tiny" | "paper" (default: follows `preset`)
+    figures: list[str] | str = field(default_factory=lambda: ["png"])  # "png" (default) or "png,pdf"
+    threads: int | None = None  # CPU intra-op threads per process (default: eval.harness.threads.thread_policy)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     explicit: bool = False  # the user named methods and tasks: a kind mismatch is worth a warning
 
@@ -60,13 +62,13 @@ class RunConfig:
         self.out = Path(self.out)
         self.methods = list(self.methods or [])
         self.tasks = [str(t) for t in self.tasks or []]
-        for name in ("seed", "batch_size", "max_samples", "resolution"):
+        for name in ("seed", "batch_size", "max_samples", "resolution", "threads"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigError(f"{name} must be an integer, got {value!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        for name in ("max_samples", "resolution"):
+        for name in ("max_samples", "resolution", "threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_preset not in (None, "tiny", "paper"):
@@ -79,6 +81,7 @@ class RunConfig:
         """The configuration as run-file keys (JSON/YAML-able)."""
         d = {k: v for k, v in asdict(self).items() if k not in ("overrides", "explicit")}
         d["out"] = str(self.out)
+        d["figures"] = self.figures if isinstance(self.figures, str) else list(self.figures)
         d["set"] = {m: {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in opts.items()}
                     for m, opts in self.overrides.items()}
         return {k: d[k] for k in RUN_KEYS}

@@ -97,9 +97,22 @@ def check_options(cfg: RunConfig, registry: Any) -> list[Variant]:
     if cfg.weights and len(cfg.methods) != 1:
         raise ConfigError("--weights applies to a single method; pass exactly one method with it")
     check_overrides(cfg)
+    cfg.figures = check_figures(cfg.figures)
     cfg.device = check_device(cfg.device)
     cfg.dtype = check_dtype(cfg.dtype, cfg.device)
     return resolve_variants(cfg, registry)
+
+
+def check_figures(formats: Any) -> list[str]:
+    """The figure formats as a list ("png", optionally "pdf"), from "png,pdf" or a list."""
+    from eval.vocab import parse_figure_formats
+
+    if not isinstance(formats, (str, list, tuple)):
+        raise ConfigError(f"figures must be formats like 'png' or 'png,pdf', got {formats!r}")
+    try:
+        return list(parse_figure_formats(formats))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def preflight(cfg: RunConfig, registry: Any) -> list[Variant]:

@@ -471,6 +471,7 @@ def run(cfg: RunConfig, *, registry: Any) -> RunResult:
 
     from eval.harness.preflight import preflight
     from eval.harness.result import RunResult
+    from eval.harness.threads import apply_thread_policy
     from eval.store import atomic_write_json
 
     cfg = replace(cfg, methods=list(cfg.methods), tasks=list(cfg.tasks))  # the caller's object stays as given
@@ -479,6 +480,10 @@ def run(cfg: RunConfig, *, registry: Any) -> RunResult:
     main = state is None or state.is_main_process
     world = 1 if state is None else state.num_processes
     device = str(state.device) if state is not None and cfg.device.startswith("cuda") else cfg.device
+    tiny = cfg.preset.startswith("tiny") and not cfg.weights and (cfg.eval_preset or cfg.preset) != "paper"
+    threads = apply_thread_policy(cfg.threads, tiny=tiny)
+    if main:
+        _log(cfg, threads.describe())
     run_dir = cfg.out
     with RunLock(run_dir) if main else contextlib.nullcontext():
         tasks = _load_tasks(cfg, record=main)
@@ -518,7 +523,7 @@ def run(cfg: RunConfig, *, registry: Any) -> RunResult:
         atomic_write_json(run_dir / MANIFEST, manifest)
         if cfg.evaluate:
             _evaluate(run_dir, cfg, [p.name for p in plans], tasks)
-            _write_report(run_dir)
+            _write_report(run_dir, cfg.figures)
     return RunResult(run_dir)
 
 
@@ -597,10 +602,10 @@ def _evaluate(run_dir: Path, cfg: RunConfig, labels: list[str], tasks: dict[str,
                                                          for n in sorted(used)})
 
 
-def _write_report(run_dir: Path) -> tuple[Path, Path]:
+def _write_report(run_dir: Path, figure_formats: Any = ("png",)) -> tuple[Path, Path]:
     from reports import write_report
 
-    return write_report(run_dir)
+    return write_report(run_dir, figure_formats=figure_formats)
 
 
 def _file_safe(name: str) -> str:

@@ -32,7 +32,9 @@ from ..registry import register
 _SRC = "pix2pixzero/pix2pix-zero"
 #: The tiny preset's step counts: 50 inversion + 50 guided edit steps cost ~4 s per 64 px image on a 2-core CPU
 #: with the random tiny UNet, so CI runs 10 + 10 (the algorithm is the same; only the step count changes).
-TINY_DEFAULTS = {"num_inversion_steps": 10, "num_inference_steps": 10}
+#: Its template banks are a seeded 32-sentence subset per concept: encoding 2 x 2000 sentences was the largest
+#: fixed cost of a fresh cache; the paper preset keeps the full banks.
+TINY_DEFAULTS = {"num_inversion_steps": 10, "num_inference_steps": 10, "template_bank_size": 32}
 #: edit_synthetic.py's guidance default differs from edit_real.py's.
 SYNTHETIC_XA_GUIDANCE = 0.15
 
@@ -69,6 +71,8 @@ class Pix2PixZero(Translator):
                 "of <concept>.txt/.pt/.safetensors banks (official assets/embeddings_sd_1.4), or 'lm:<hub id>'"),
             "source_concept": HParam(None, "ours: None = the source-prompt words that differ from the target's"),
             "target_concept": HParam(None, "ours: None = the target-prompt words that differ from the source's"),
+            "template_bank_size": HParam(2000, f"{_SRC} src/utils/gradio_utils.py: 20 x 10 x 10 = 2000 template "
+                                               "sentences per concept (smaller: a seeded subset)"),
             "lm_bank_size": HParam(1000, f"{_SRC} README (~1000 sentences) and gradio_utils.py num=1000"),
             "caption": HParam("prompt", "ours: the task's source prompt; 'blip' captions the image as "
                                         f"{_SRC} src/inversion.py does (BLIP)"),
@@ -193,6 +197,8 @@ def _validate(cfg: Mapping[str, Any]) -> None:
     for key in ("num_reg_steps", "num_ac_rolls", "lm_bank_size"):
         if int(cfg[key]) < (1 if key == "lm_bank_size" else 0):
             raise InputError(f"pix2pix-zero: {key} must be a non-negative integer, got {cfg[key]}")
+    if not 1 <= int(cfg["template_bank_size"]) <= 2000:
+        raise InputError(f"pix2pix-zero: template_bank_size must be in 1..2000, got {cfg['template_bank_size']}")
     if cfg["inversion_schedule"] not in INVERSION_SCHEDULES:
         raise InputError(f"pix2pix-zero: inversion_schedule must be one of {INVERSION_SCHEDULES}, "
                          f"got {cfg['inversion_schedule']!r}")

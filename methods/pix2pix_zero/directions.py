@@ -66,8 +66,15 @@ def _article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
 
 
-def template_sentences(concept: str) -> list[str]:
-    """2000 template sentences about `concept` (deterministic: the choices are seeded by the concept)."""
+#: Sentences of the full template bank (20 adjectives x 10 verbs x 10 backgrounds).
+TEMPLATE_BANK_SIZE = len(ADJECTIVES) * len(VERBS) * len(BACKGROUNDS)
+
+
+def template_sentences(concept: str, num: int = TEMPLATE_BANK_SIZE) -> list[str]:
+    """`num` (default all 2000) template sentences about `concept`; deterministic: the choices, and the subset
+    when `num` is smaller, are seeded by the concept, so a small bank is the same on every machine."""
+    if not 1 <= num <= TEMPLATE_BANK_SIZE:
+        raise InputError(f"a template bank holds 1 to {TEMPLATE_BANK_SIZE} sentences, got {num}")
     concept = concept.strip()
     if not concept:
         raise InputError("an edit concept must be a non-empty word or phrase")
@@ -79,6 +86,9 @@ def template_sentences(concept: str) -> list[str]:
                 s = rng.choice(STRUCTURES).format(a_adj=_article(adj), adj=adj, a_w=_article(concept), w=concept,
                                                   verb=verb, bg=bg, adv=rng.choice(ADVERBS))
                 out.append(s[0].upper() + s[1:])
+    if num < len(out):
+        keep = sorted(random.Random(f"bank:{concept}").sample(range(len(out)), num))
+        out = [out[i] for i in keep]
     return out
 
 
@@ -246,13 +256,14 @@ class DirectionBuilder:
         self._memo[key] = emb
         return emb
 
-    def concept_embedding(self, concept: str, source: str, *, lm_bank_size: int = 1000, device: Any = "cpu") -> Any:
+    def concept_embedding(self, concept: str, source: str, *, lm_bank_size: int = 1000,
+                          template_bank_size: int = TEMPLATE_BANK_SIZE, device: Any = "cpu") -> Any:
         """The mean embedding [1, 77, D] of `concept`'s bank from `source` ("templates", a folder, "lm:<id>")."""
-        memo_key = f"{source}\0{concept}\0{lm_bank_size}"
+        memo_key = f"{source}\0{concept}\0{lm_bank_size}\0{template_bank_size}"
         if memo_key in self._memo:
             return self._memo[memo_key]
         if source == "templates":
-            emb = self.embed_sentences(template_sentences(concept))
+            emb = self.embed_sentences(template_sentences(concept, template_bank_size))
         elif source.startswith("lm:"):
             emb = self.embed_sentences(lm_sentences(source[3:], concept, lm_bank_size, device=device))
         else:

@@ -171,6 +171,7 @@ class Pix2PixZeroEngine:
                 d_s, d_t = concepts_from_prompts(src_text, tgt)
                 s_c, t_c = s_c or d_s, t_c or d_t
             dirs.append(self.directions.direction(s_c, t_c, source, lm_bank_size=int(cfg["lm_bank_size"]),
+                                                  template_bank_size=int(cfg["template_bank_size"]),
                                                   device=self.device))
             concepts.append((s_c, t_c))
         return torch.cat(dirs) * float(cfg["edit_mul"]), concepts
