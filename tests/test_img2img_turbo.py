@@ -110,7 +110,7 @@ def test_lora_targets_and_trainable_parameters(p2p):
     vcfg = gen.vae.peft_config["vae_skip"]
     assert set(vcfg.target_modules) == set(VAE_TARGETS) and vcfg.r == 4
     names = {n for n, _ in gen.named_parameters()}
-    assert "vae.decoder.skip_conv_1.lora_A.vae_skip.weight" in names  # LoRA on the skip convs too (img2img-turbo src/model.py)
+    assert "vae.decoder.skip_conv_1.lora_A.vae_skip.weight" in names  # LoRA on the skip convs (img2img-turbo model.py)
     assert not any("quant_conv" in n and "lora" in n for n in names)
     params = set_trainable(gen)
     trainable = {n for n, p in gen.named_parameters() if p.requires_grad}
