@@ -138,7 +138,7 @@ class Pix2PixTurbo(_TurboBase):
             "stochastic mode restores the LoRA scales, conv_in blend and skip gamma after each call (upstream "
             "leaves vae.decoder.gamma and the adapter weights at r, so a later deterministic call runs with them)",
             "training: the generator's adversarial backward leaves no gradient in the discriminator (upstream "
-            "train_pix2pix_turbo.py steps D with it; issue #56 / PR #62)",
+            "train_pix2pix_turbo.py steps D with it; GaParmar/img2img-turbo issue #56, PR #62)",
         ),
     )
 

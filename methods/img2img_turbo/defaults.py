@@ -29,7 +29,8 @@ PAIRED_INFERENCE = {
 }
 UNPAIRED_INFERENCE = {
     "prompt": HParam("fixed", "the a->b generator is conditioned on the fixed caption of domain B (b->a: "
-                     "A) it was trained with; upstream issue #81: other prompts change the output. 'input' = the "
+                     "A) it was trained with; GaParmar/img2img-turbo issue #81: other prompts change the output. "
+                     "'input' = the "
                      "batch's target prompt (inference_unpaired.py --prompt with --model_path)"),
     "resolution": HParam(None, "None: translate at the input size (docs/training_cyclegan_turbo.md --val_img_prep "
                          "no_resize); official driving models: 512 (inference_unpaired.py --image_prep "
@@ -92,7 +93,8 @@ UNPAIRED_TRAIN = {
     "lambda_idt_lpips": HParam(1.0, f"{_TUU} --lambda_idt_lpips"),
     "gan_loss_type": HParam("multilevel_sigmoid", f"{_TUU} --gan_loss_type"),
     "lora_rank_unet": HParam(128, f"{_TUU} --lora_rank_unet"),
-    "learning_rate": HParam(5e-6, f"{_TUU} --learning_rate (doc command and upstream issue #87 rerun: 1e-5)"),
+    "learning_rate": HParam(5e-6, f"{_TUU} --learning_rate (doc command and GaParmar/img2img-turbo issue #87 "
+                                  "rerun: 1e-5)"),
     "max_grad_norm": HParam(10.0, f"{_TUU} --max_grad_norm"),
     "train_batch_size": HParam(4, f"{_TUU} --train_batch_size (doc command: 1)"),
     "max_train_steps": HParam(None, f"{_TUU} --max_train_steps None = bounded by epochs (doc command: 25000)"),
