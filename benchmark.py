@@ -153,12 +153,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    from datasets.pie_bench import NAME as PIE_BENCH
+    from datasets.pie_bench import download_pie_bench
     from datasets.piti_data import PITI_DATASETS, download_piti
     from datasets.recipes import download
 
     dest = Path(args.dest) if args.dest else None
-    # PITI's datasets (COCO-Stuff, ADE20K) come as several archives with their own layout check
-    path = download_piti(args.name, dest) if args.name in PITI_DATASETS else download(args.name, dest)
+    # PITI's datasets (COCO-Stuff, ADE20K) come as several archives with their own layout check; PIE-Bench is
+    # handed out through a form: unpack the archive the user downloaded (--from)
+    if args.name == PIE_BENCH:
+        path = download_pie_bench(args.source, dest, sha256=args.sha256)
+    elif args.name in PITI_DATASETS:
+        path = download_piti(args.name, dest)
+    else:
+        path = download(args.name, dest)
     print(f"dataset {args.name}: {path}")
     return 0
 
@@ -250,6 +258,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("download",))
     p.add_argument("name")
     p.add_argument("--dest", help="target folder (default: the project data dir)")
+    p.add_argument("--from", dest="source", metavar="ARCHIVE_OR_URL",
+                   help="pie-bench: the archive you downloaded through the authors' form (file or URL)")
+    p.add_argument("--sha256", help="pie-bench: the archive's expected sha256 (none is published)")
     p.set_defaults(func=cmd_data)
     return parser
 

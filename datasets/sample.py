@@ -16,7 +16,8 @@ class Sample:
 
     `image` is the input to translate; `condition` drives conditional methods (edge map, sketch, colour-coded
     semantic mask); `target` is the ground truth of paired tasks; `reference` is the style image of image-guided
-    tasks; `mask` an optional region mask (L); `domain` the source domain ("A"/"B") of unpaired data.
+    tasks; `mask` an optional region mask (L; for editing benchmarks 255 = the region to edit); `domain` the source
+    domain ("A"/"B") of unpaired data.
     """
 
     id: str
@@ -29,6 +30,7 @@ class Sample:
     mask: Image.Image | None = None
     domain: str | None = None
     path: str | None = None  # where `image` was read from (provenance, error messages)
+    edit_type: str | None = None  # the edit category of an editing benchmark (PIE-Bench's editing_type_id)
 
 
 @dataclass(frozen=True)

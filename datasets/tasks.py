@@ -338,6 +338,9 @@ def _register_builtins() -> None:
     from .piti_data import register_piti_tasks  # COCO-Stuff / ADE20K mask tasks (PITI)
 
     register_piti_tasks()
+    from .pie_bench import register_pie_bench_task  # PIE-Bench (text-edit with edit masks)
+
+    register_pie_bench_task()
 
 
 _register_builtins()

@@ -1,7 +1,7 @@
 """Run metrics over a run's samples: per-image metrics into a long table, distribution metrics into rows.
 
 `evaluate_per_image` takes records, one per (method, task, sample):
-    {"method", "task", "sample", "output": path | tensor, "input", "target", "reference": path | tensor | None,
+    {"method", "task", "sample", "output": path | tensor, "input", "target", "reference", "mask": path | tensor | None,
      "src_prompt", "tgt_prompt": str | None}
 and returns a pandas DataFrame with columns method, task, sample, metric, value, weights, note. A value that is
 undefined for a sample (a metric needs a field the record lacks, or the sample failed) is NaN, never a string;
@@ -24,10 +24,10 @@ from eval.store import cache_dir, hash_array, hash_obj, kv_get, kv_put
 
 COLUMNS = ("method", "task", "sample", "metric", "value", "weights", "note")
 REQUIRED_FIELDS = ("method", "task", "sample", "output")
-_IMAGE_FIELDS = ("input", "target", "reference")
+_IMAGE_FIELDS = ("input", "target", "reference", "mask")
 _PROMPT_FIELDS = ("src_prompt", "tgt_prompt")
-_ARG_NAMES = {"input": "inputs", "target": "targets", "reference": "references", "src_prompt": "src_prompts",
-              "tgt_prompt": "tgt_prompts"}
+_ARG_NAMES = {"input": "inputs", "target": "targets", "reference": "references", "mask": "masks",
+              "src_prompt": "src_prompts", "tgt_prompt": "tgt_prompts"}
 
 
 def _cache_root(cache: bool | str | os.PathLike | None) -> Path | None:

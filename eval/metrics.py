@@ -27,7 +27,8 @@ Each metric's card (`MetricSpec`: `definition` names window, reduction, resize k
                     averages the border, where its window reaches into padding).
 
 Per-image metrics are called as `metric(images, *, inputs=None, targets=None, src_prompts=None, tgt_prompts=None,
-references=None) -> Tensor[B]` on float B x 3 x H x W tensors in [0, 1] and reject anything outside that contract.
+references=None, masks=None) -> Tensor[B]` on float B x 3 x H x W tensors in [0, 1] and reject anything outside that
+contract.
 This module imports no torch until a metric is built or called (listing metrics stays cheap).
 """
 
@@ -46,9 +47,10 @@ if TYPE_CHECKING:
     import torch
 
 KINDS = TASK_KINDS  # the shared vocabulary (eval.vocab)
-NEEDS = ("input", "target", "src_prompt", "tgt_prompt", "reference", "reference_set")
+NEEDS = ("input", "target", "src_prompt", "tgt_prompt", "reference", "reference_set", "mask")
 """What a metric reads besides the output: the translated image's input, its ground-truth target, the source and
-target prompts, the style reference image, or (distribution metrics) a reference set of target-domain images."""
+target prompts, the style reference image, (distribution metrics) a reference set of target-domain images, or an
+edit mask (white = the region to edit; PIE-Bench's region metrics, eval.region_metrics)."""
 DIRECTIONS = ("lower", "higher")
 INF = math.inf
 
@@ -194,15 +196,18 @@ class PerImageMetric(Metric):
 
     def __call__(self, images: torch.Tensor, *, inputs: torch.Tensor | None = None,
                  targets: torch.Tensor | None = None, src_prompts: list[str] | str | None = None,
-                 tgt_prompts: list[str] | str | None = None, references: torch.Tensor | None = None) -> torch.Tensor:
+                 tgt_prompts: list[str] | str | None = None, references: torch.Tensor | None = None,
+                 masks: torch.Tensor | None = None) -> torch.Tensor:
         import torch
 
         from eval.images import check_images, check_prompts
 
         images = check_images(images, "images", self.name)
         b = images.shape[0]
+        if masks is not None and masks.ndim == 4 and masks.shape[1] == 1:
+            masks = masks.expand(-1, 3, -1, -1)  # a one-channel mask is fine
         given = {"input": inputs, "target": targets, "src_prompt": src_prompts, "tgt_prompt": tgt_prompts,
-                 "reference": references}
+                 "reference": references, "mask": masks}
         args: dict[str, Any] = {}
         for need in self.required(given):
             value = given[need]
@@ -625,3 +630,6 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, sigma: float = 1.5, win: int = 11,
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
     return s.mean(dim=(1, 2, 3))
+
+
+from eval import region_metrics as _region_metrics  # noqa: E402,F401  (registers PIE-Bench's region metrics)

@@ -12,7 +12,7 @@ KINDS = ("unpaired", "paired", "text-edit", "image-guided", "mask-to-image", "sk
 
 #: The registered metrics' names, in table order.
 METRICS = ("fid", "kid", "dino_struct", "dino_struct_v2", "clip_score", "clip_directional", "clip_accuracy", "lpips",
-           "psnr", "ssim")
+           "psnr", "ssim", "dino_struct_pie", "bg_psnr", "bg_lpips", "bg_mse", "bg_ssim", "clip_edited")
 
 #: clean-fid 0.1.35's folder discovery (cleanfid/utils.py EXTENSIONS), matched case-sensitively by glob: `x.PNG`
 #: counts, `x.Png` / `x.BMP` do not. `.npy` files are H x W x 3 uint8 arrays that clean-fid reads as images.

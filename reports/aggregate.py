@@ -54,9 +54,9 @@ __all__ = [
 SPEED = "s_per_img"
 MEMORY = "peak_mem_bytes"
 
-INPUT_ROLES = ("condition", "reference", "target")  # optional companions of inputs/<task>/<sample>.png
+INPUT_ROLES = ("condition", "reference", "target", "mask")  # optional companions of inputs/<task>/<sample>.png
 
-PER_IMAGE_COLUMNS = ["method", "task", "sample", "metric", "value", "weights"]
+PER_IMAGE_COLUMNS = ["method", "task", "sample", "metric", "value", "weights", "edit_type"]
 DISTRIBUTION_COLUMNS = ["method", "task", "metric", "value", "n_gen", "n_ref", "weights"]
 OUTPUT_COLUMNS = ["method", "task", "sample", "path", "seconds", "peak_mem_bytes", "batch_size", "warmup"]
 INPUT_COLUMNS = ["task", "sample", "input", *INPUT_ROLES]
@@ -490,7 +490,7 @@ def load_run(run_dir: str | Path) -> Run:
     manifest = read_json(root / MANIFEST, default={})
     manifest = manifest if isinstance(manifest, dict) else {}
     ids = ("method", "task", "sample", "metric", "weights")
-    per_image = _read_csv(root / METRICS / PER_IMAGE_CSV, PER_IMAGE_COLUMNS, ids)
+    per_image = _read_csv(root / METRICS / PER_IMAGE_CSV, PER_IMAGE_COLUMNS, (*ids, "edit_type"))
     per_image = per_image.dropna(subset=["method", "task", "metric"])
     per_image["value"] = pd.to_numeric(per_image["value"], errors="coerce")
     distribution = _read_csv(root / METRICS / DISTRIBUTION_CSV, DISTRIBUTION_COLUMNS,

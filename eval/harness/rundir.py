@@ -4,11 +4,12 @@ from __future__ import annotations
 
 MANIFEST = "manifest.json"  # provenance: command, run config, versions, device, methods' resolved configs
 OUTPUTS = "outputs"  # outputs/<row label>/<task>/<sample>.png + <sample>.json (the sidecar with the cache key)
-INPUTS = "inputs"  # inputs/<task>/<sample>[.condition|.reference|.target].png: the prepared inputs
+INPUTS = "inputs"  # inputs/<task>/<sample>[.condition|.reference|.target|.mask].png: the prepared inputs
 FAILURES = "failures"  # failures/<row label>/<task>/<sample>.json: error + traceback of what failed
 METRICS = "metrics"  # metrics/per_image.csv, distribution.csv, metric_info.json
 PER_IMAGE_CSV = "per_image.csv"
 DISTRIBUTION_CSV = "distribution.csv"
+EDIT_TYPE_CSV = "per_edit_type.csv"  # editing benchmarks (PIE-Bench): means per edit type
 METRIC_INFO = "metric_info.json"
 PERF_CSV = "perf/perf.csv"
 REPORT_MD = "report.md"

@@ -29,6 +29,7 @@ from eval.errors import RunLockedError
 from eval.harness.config import RunConfig, Variant
 from eval.harness.rundir import (
     DISTRIBUTION_CSV,
+    EDIT_TYPE_CSV,
     FAILURES,
     INPUT_FAILURES,
     INPUTS,
@@ -221,8 +222,9 @@ def _save_inputs(run_dir: Path, task: str, samples: Sequence[Any]) -> None:
     from datasets import to_tensor
 
     for s in samples:
+        mask = s.mask.convert("RGB") if s.mask is not None else None  # an edit mask (PIE-Bench's region metrics)
         for suffix, img in (("", s.image), (".condition", s.condition), (".reference", s.reference),
-                            (".target", s.target)):
+                            (".target", s.target), (".mask", mask)):
             path = run_dir / INPUTS / task / f"{s.id}{suffix}.png"
             if img is not None and not path.exists():
                 save_png(to_tensor(img)[0], path)
@@ -571,7 +573,7 @@ def _evaluate(run_dir: Path, cfg: RunConfig, labels: list[str], tasks: dict[str,
                     continue
                 rec = {"method": method, "task": tname, "sample": s.id, "output": png, "input": inputs / f"{s.id}.png",
                        "src_prompt": s.src_prompt, "tgt_prompt": s.tgt_prompt}
-                for extra in ("target", "reference"):
+                for extra in ("target", "reference", "mask"):
                     path = inputs / f"{s.id}.{extra}.png"
                     rec[extra] = path if path.exists() else None
                 records.append(rec)
@@ -596,10 +598,25 @@ def _evaluate(run_dir: Path, cfg: RunConfig, labels: list[str], tasks: dict[str,
     metrics_dir = run_dir / METRICS
     per = pd.concat(per_frames, ignore_index=True) if per_frames else pd.DataFrame(
         columns=["method", "task", "sample", "metric", "value", "weights", "note"])
+    per = _with_edit_types(per, tasks, metrics_dir)
     atomic_write_text(metrics_dir / PER_IMAGE_CSV, per.to_csv(index=False))
     atomic_write_text(metrics_dir / DISTRIBUTION_CSV, pd.DataFrame(dist_rows).to_csv(index=False))
     atomic_write_json(metrics_dir / METRIC_INFO, {n: {**specs[n].as_dict(), "eval_preset": preset}
                                                          for n in sorted(used)})
+
+
+def _with_edit_types(per: Any, tasks: dict[str, tuple[Any, list[Any]]], metrics_dir: Path) -> Any:
+    """Editing benchmarks (PIE-Bench): the samples' edit type as a column of the per-image table, and the means per
+    edit type in metrics/per_edit_type.csv."""
+    from eval.region_metrics import edit_type_means
+    from eval.store import atomic_write_text
+
+    types = {(t, s.id): s.edit_type for t, (_, samples) in tasks.items() for s in samples if s.edit_type is not None}
+    if not types:
+        return per
+    per = per.assign(edit_type=[types.get((t, str(s))) for t, s in zip(per["task"], per["sample"])])
+    atomic_write_text(metrics_dir / EDIT_TYPE_CSV, edit_type_means(per).to_csv(index=False))
+    return per
 
 
 def _write_report(run_dir: Path, figure_formats: Any = ("png",)) -> tuple[Path, Path]:
