@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eval.errors import RunLockedError
+from eval.harness import progress
 from eval.harness.config import RunConfig, Variant
 from eval.harness.rundir import (
     DISTRIBUTION_CSV,
@@ -435,6 +436,7 @@ def _generate(plan: MethodPlan, mine: list[WorkItem], cfg: RunConfig, device: st
     tqdm = _tqdm(cfg.quiet)
     run_dir = cfg.out
     v = plan.variant
+    prog = progress.active()
     try:
         model = v.cls.from_pretrained(None if v.source == "none" else v.source, preset=v.preset,
                                       device=device, dtype=cfg.dtype, **v.overrides)
@@ -442,21 +444,31 @@ def _generate(plan: MethodPlan, mine: list[WorkItem], cfg: RunConfig, device: st
         for it in mine:
             _record_failure(run_dir, it, "load", err)
         _log(cfg, f"{plan.name}: failed to load: {type(err).__name__}: {err}", err=True)
+        if prog:
+            prog.advance(len(mine), f"{plan.name}: failed to load", failed=len(mine))
         return
     by_task: dict[str, list[WorkItem]] = {}
     for it in mine:
         by_task.setdefault(it.task, []).append(it)
     first = True
+    prog = progress.active()
     for tname, titems in by_task.items():
-        bar = tqdm(total=len(titems), desc=f"{plan.name} / {tname}", unit="img", leave=False)
+        # one overall bar for the run when a progress session is active, else a bar per (method, task)
+        bar = None if prog else tqdm(total=len(titems), desc=f"{plan.name} / {tname}", unit="img", leave=False)
+        if prog:
+            prog.describe(f"{plan.name} / {tname}")
         for batch in _batches(titems, cfg.batch_size):
             n = _translate_batch(model, batch, cfg, tasks[tname][0].direction, run_dir, device, make_input,
                                  warmup=first)
             first = False
+            if prog:
+                prog.advance(len(batch), f"{plan.name} / {tname}", failed=len(batch) - n)
+                continue
             bar.update(len(batch))
             if n < len(batch):
                 bar.set_postfix(failed=len(batch) - n)
-        bar.close()
+        if bar is not None:
+            bar.close()
 
 
 def run(cfg: RunConfig, *, registry: Any) -> RunResult:
@@ -487,7 +499,9 @@ def run(cfg: RunConfig, *, registry: Any) -> RunResult:
     if main:
         _log(cfg, threads.describe())
     run_dir = cfg.out
-    with RunLock(run_dir) if main else contextlib.nullcontext():
+    rank = 0 if state is None else state.process_index
+    with RunLock(run_dir) if main else contextlib.nullcontext(), progress.session(run_dir, quiet=cfg.quiet,
+                                                                                   rank=rank) as prog:
         tasks = _load_tasks(cfg, record=main)
         if main:
             for stale in run_dir.rglob(".*.tmp"):  # half-written files of a killed run (we hold the lock)
@@ -500,6 +514,7 @@ def run(cfg: RunConfig, *, registry: Any) -> RunResult:
         if state is not None:
             state.wait_for_everyone()  # nobody writes before everyone has planned
         manifest = _start_manifest(cfg, tasks, plans, world) if main else {}
+        prog.open_bar(sum(len(p.pending) for p in plans), "generate", "img")
         for plan in plans:
             if not plan.pending:
                 _log(cfg, f"{plan.name}: all {len(plan.items)} outputs up to date")
@@ -523,10 +538,14 @@ def run(cfg: RunConfig, *, registry: Any) -> RunResult:
         manifest["skipped"] = skipped
         manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         atomic_write_json(run_dir / MANIFEST, manifest)
+        prog.close_bar()
         if cfg.evaluate:
             _evaluate(run_dir, cfg, [p.name for p in plans], tasks)
             _write_report(run_dir, cfg.figures)
-    return RunResult(run_dir)
+        result = RunResult(run_dir)
+        if not cfg.quiet:
+            prog.summary(run_dir, _headline(result))
+    return result
 
 
 def _resized(sample: Any, resolution: int, kind: str) -> Any:
@@ -560,6 +579,10 @@ def _evaluate(run_dir: Path, cfg: RunConfig, labels: list[str], tasks: dict[str,
     specs = metric_specs()
     preset = cfg.eval_preset or ("tiny" if cfg.preset.startswith("tiny") else "paper")
     per_frames, dist_rows, used = [], [], set()
+    prog = progress.active()
+    todo = [(m, t) for m in labels for t in tasks if (run_dir / OUTPUTS / m / t).is_dir()]
+    if prog:
+        prog.open_bar(sum(len([n for n in tasks[t][0].metrics if n in specs]) for _, t in todo), "metrics", "metric")
     for method in labels:
         for tname, (task, samples) in tasks.items():
             out_dir = run_dir / OUTPUTS / method / tname
@@ -577,10 +600,14 @@ def _evaluate(run_dir: Path, cfg: RunConfig, labels: list[str], tasks: dict[str,
                     path = inputs / f"{s.id}.{extra}.png"
                     rec[extra] = path if path.exists() else None
                 records.append(rec)
-            if not records:
-                continue
             names = [m for m in task.metrics if m in specs]
+            if not records:
+                if prog:
+                    prog.advance(len(names))
+                continue
             for name in names:
+                if prog:
+                    prog.describe(f"{name} / {method} / {tname}")
                 try:
                     if specs[name].per_image:
                         per_frames.append(evaluate_per_image(records, [name], preset=preset, device=cfg.device))
@@ -595,6 +622,10 @@ def _evaluate(run_dir: Path, cfg: RunConfig, labels: list[str], tasks: dict[str,
                 except Exception as err:
                     _record_failure(run_dir, WorkItem(method, tname, task.kind, _NoSample(f"metric-{name}")),
                                     "metric", err, metric=name)
+                if prog:
+                    prog.advance(1, f"{name} / {method} / {tname}")
+    if prog:
+        prog.close_bar()
     metrics_dir = run_dir / METRICS
     per = pd.concat(per_frames, ignore_index=True) if per_frames else pd.DataFrame(
         columns=["method", "task", "sample", "metric", "value", "weights", "note"])
@@ -646,8 +677,20 @@ def _check_ids(task: str, samples: Sequence[Any]) -> None:
 
 
 def _log(cfg: RunConfig, msg: str, err: bool = False) -> None:
+    prog = progress.active()
+    if prog is not None:  # above the bars, and into run.log
+        prog.write(msg, err=err)
+        return
     if not cfg.quiet or err:
         print(msg, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _headline(result: Any) -> Any:
+    """The small table of the final summary: method x task rows, the first metric columns (means)."""
+    try:
+        return result.summary()
+    except Exception:  # a summary line must never fail a finished run
+        return None
 
 
 def _tqdm(quiet: bool) -> Any:
