@@ -82,3 +82,26 @@ def test_a_run_off_a_terminal_reports_generation_and_metrics_progress(tmp_path, 
     run(RunConfig(methods=["identity"], tasks=["sample-edit"], out=tmp_path / "quiet", max_samples=2, quiet=True),
         registry=methods)
     assert capfd.readouterr().err == ""
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_on_a_terminal_one_tqdm_bar_names_the_current_method_and_task(tmp_path):
+    term = _Terminal()
+    with progress.session(tmp_path, quiet=False, stream=term) as sess:
+        sess.open_bar(4, "generate", "img")
+        sess.advance(2, "sdedit / sample-edit")
+        sess.advance(2, "identity / sample-edit", failed=1)
+    text = term.getvalue()
+    assert "\r" in text and "identity / sample-edit" in text and "4/4" in text and "1 failed" in text
+
+
+def test_quiet_shows_no_bar(tmp_path):
+    out = io.StringIO()
+    with progress.session(tmp_path, quiet=True, stream=out) as sess:
+        assert sess.open_bar(4, "generate", "img") is None
+        sess.advance(4, "m / t")
+    assert out.getvalue() == ""
