@@ -197,6 +197,17 @@ def test_background_metrics_equal_pie_bench_own_code_on_a_fixed_input():
             value, rel=2e-6), name
 
 
+def test_bg_lpips_equals_pie_bench_own_code_with_the_same_random_trunk():
+    # Pinned from PnPInversion's calculate_metric(mc, "lpips_unedit_part", ...) (commit 07f97f44, torchmetrics 1.9.0
+    # LearnedPerceptualImagePatchSimilarity(net_type="squeeze"), CPU) on `_fixed_input()`, offline: torchvision's
+    # SqueezeNet 1.1 file in $TORCH_HOME replaced by a torchvision-initialised squeezenet1_1 under seed 0
+    # (eval.encoders.seeded_init), which is the tiny preset's random LPIPS-squeeze trunk; the linear heads are
+    # LPIPS v0.1's in both.
+    _, _, _, t_src, t_out, t_mask = _fixed_input()
+    got = float(get_metric("bg_lpips", preset="tiny")(t_out, inputs=t_src, masks=t_mask)[0])
+    assert got == pytest.approx(0.01037854328751564, rel=1e-5)
+
+
 def test_background_metrics_nan_without_background_and_zero_for_a_copy():
     _, _, _, t_src, t_out, _ = _fixed_input()
     full = torch.ones_like(t_src)
