@@ -514,7 +514,8 @@ def run(cfg: RunConfig, *, registry: Any) -> RunResult:
         if state is not None:
             state.wait_for_everyone()  # nobody writes before everyone has planned
         manifest = _start_manifest(cfg, tasks, plans, world) if main else {}
-        prog.open_bar(sum(len(p.pending) for p in plans), "generate", "img")
+        # the bar counts rank 0's share (split_between_processes gives it ceil(n / world) of each plan)
+        prog.open_bar(sum(-(-len(p.pending) // world) for p in plans), "generate", "img")
         for plan in plans:
             if not plan.pending:
                 _log(cfg, f"{plan.name}: all {len(plan.items)} outputs up to date")
