@@ -46,7 +46,7 @@ class LineBar:
         self.last_n = 0
         self.postfix = ""
 
-    def set_description(self, desc: str) -> None:
+    def set_description(self, desc: str, refresh: bool = True) -> None:
         self.desc = desc
 
     def set_postfix_str(self, text: str) -> None:
@@ -88,6 +88,7 @@ class Session:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.start = time.monotonic()
         self.bar: Any = None
+        self.phase = ""
         self.failed = 0
         self._logger = logging.getLogger("i2i_zoo.run")
 
@@ -95,6 +96,7 @@ class Session:
     def open_bar(self, total: int, phase: str, unit: str) -> Any:
         """Start the bar of a phase ("generate", "metrics"); None when quiet or there is nothing to do."""
         self.close_bar()
+        self.phase = phase
         if self.quiet or total <= 0:
             return None
         if self.tty:
@@ -112,7 +114,7 @@ class Session:
         if self.bar is None:
             return
         if desc is not None:
-            self.bar.set_description(desc)
+            self._set_desc(desc)
         if self.failed:
             self.bar.set_postfix_str(f"{self.failed} failed")
         self.bar.update(n)
@@ -120,9 +122,13 @@ class Session:
     def describe(self, desc: str) -> None:
         """Say what is being worked on now (before its first item is done)."""
         if self.bar is not None:
-            self.bar.set_description(desc)
+            self._set_desc(desc)
             if self.tty:
                 self.bar.refresh()
+
+    def _set_desc(self, desc: str) -> None:
+        # a tqdm bar shows only its description: keep the phase in it (the plain lines print the phase anyway)
+        self.bar.set_description(f"{self.phase}: {desc}" if self.tty else desc, refresh=False)
 
     def close_bar(self) -> None:
         if self.bar is not None:
