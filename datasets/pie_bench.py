@@ -165,8 +165,8 @@ def missing_error(path: Path) -> DataError:
     """What to download and where to put it (no network, or not downloaded yet)."""
     return DataError(
         f"PIE-Bench is not at {path}. The authors distribute it through a Google Form ({FORM_URL}, linked from "
-        "github.com/cure-lab/PnPInversion): fill it in, download the archive (PIE-Bench_v1.zip), then run "
-        "`python benchmark.py data download pie-bench --from PATH/TO/PIE-Bench_v1.zip` (checks and records its "
+        "github.com/cure-lab/PnPInversion): fill it in, download its archive, then run "
+        "`python benchmark.py data download pie-bench --from PATH/TO/ARCHIVE.zip` (checks and records its "
         f"sha256), or unpack it to {path} by hand with the layout: {LAYOUT}. Set I2I_ZOO_DATA to use another data "
         "root."
     )

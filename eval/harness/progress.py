@@ -24,7 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-RUN_LOG = "run.log"
+from eval.harness.rundir import RUN_LOG
+
 _ACTIVE: Session | None = None
 
 

@@ -15,4 +15,5 @@ PERF_CSV = "perf/perf.csv"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 LOCK = "run.lock"
+RUN_LOG = "run.log"  # the run's messages and what third-party libraries logged (eval.harness.progress)
 INPUT_FAILURES = "_inputs"  # failures/_inputs/<task>/<sample>.json: input files that could not be read
