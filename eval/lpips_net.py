@@ -1,4 +1,6 @@
-"""LPIPS (AlexNet / VGG16 trunk, v0.1 linear heads) through the `lpips` package, with provenance-tracked backbones.
+"""LPIPS (AlexNet / VGG16 / SqueezeNet 1.1 trunk, v0.1 linear heads) through the `lpips` package, with
+provenance-tracked backbones (SqueezeNet: PIE-Bench's background LPIPS; it has no PyPI asset, so its real trunk is
+torchvision's file in $TORCH_HOME or its download).
 
 The `lpips` package downloads its ImageNet backbone from torchvision at construction, which fails offline. So we
 always build `lpips.LPIPS(pnet_rand=True)` (its real linear heads ship in the wheel) and load the backbone

@@ -269,3 +269,6 @@ def test_a_run_scores_pie_bench_per_edit_type(tmp_path, monkeypatch):
     row = by_type[(by_type.edit_type == "1") & (by_type.metric == "bg_psnr")]
     assert row["n"].item() == 0 and row["n_nan"].item() == 1
     assert set(by_type.edit_type) == {"0", "1", "9", "all"}
+    from reports.aggregate import load_run
+
+    assert set(load_run(out).per_image["edit_type"]) == {"0", "1", "9"}  # read back as text, for grouping
