@@ -706,3 +706,42 @@ def test_mask_resize_picks_the_pixels_pil_nearest_picks(hw):
     x = torch.from_numpy(lab).permute(2, 0, 1)[None].float() / 255
     ours = ((mask_input(x)[0] + 1) / 2 * 255).round().byte().permute(1, 2, 0).numpy()
     assert (ours == pil).all()
+
+
+# -- reference values from the authors' code ------------------------------------------------------------------------
+# Produced by running PITI's own sampler, PITI-Synthesis/PITI d9f7481, unmodified: pretrained_diffusion/glide_util.py
+# `sample` (base: classifier-free guidance against th.ones_like(ref) with the noise duplicated over both halves,
+# guidance_scale 1.3, prediction_respacing "25"; upsampler: upsample_enabled, "fast27", upsample_temp 0.997, no
+# guidance) over its create_gaussian_diffusion / SpacedDiffusion.p_sample_loop (learn_sigma, rescale_timesteps,
+# clip_denoised), with image_sample.py's clamp + `(127.5 (x + 1)).int() / 127.5 - 1` between the stages. Their
+# Text2ImModel / SuperResText2ImModel cannot hold the tiny preset (their encoder's width and depth are fixed at 512 x
+# 8), so the model callables were OUR tiny mask-kind base (16 px) and upsampler (64 px) models, called as their
+# _WrappedModel calls them (respaced, rescaled timesteps; ref=, low_res=). Their th.randn / th.randn_like were answered
+# from one torch.Generator seeded 1000 (initial noise, then each step's, none at the last, masked step; the CFG copy
+# reuses the sample's draw) and dist_util.dev() with the CPU; torch 2.14, CPU. Condition: torch.rand(1, 3, 256, 256)
+# (seed 5) * 2 - 1. Recorded: the clamped base sample [0, :, 10, 4:8], its std and mean; the upsampled sample
+# (clamped) [0, :, 40, 20:24], std, mean. Ours was bit-identical (both stages, the 8-bit hand-off included).
+AUTHORS_SAMPLE = {
+    "base": ([[-0.98975623, -1, 0.43371436, -1], [-0.25706014, 0.9792999, -0.0044179661, 1],
+              [0.88859588, 1, -0.56373978, 1]], 0.78707945, 0.099311747),
+    "upsample": ([[-0.3303335, -0.74499404, -0.87908942, 0.55730802], [0.35277548, -1, -0.99758518, -1],
+                  [0.25682974, -0.87862611, -1, 0.15487398]], 0.78768188, -0.090706162),
+}
+
+
+@pytest.mark.slow
+def test_two_stage_sampler_reproduces_the_authors_glide_util_sample():
+    """Both stages and the 8-bit hand-off equal PITI's glide_util.sample loop (see AUTHORS_SAMPLE for how)."""
+    from methods.piti.sampling import quantize_8bit, sample_base, sample_upsample
+
+    m = methods.create("piti", preset="tiny")
+    pair = m.models["mask"]
+    cond = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    gens = [torch.Generator().manual_seed(1000)]  # as `sample` runs the stages: one generator through both
+    with torch.no_grad():
+        x = sample_base(pair["base"], cond, gens, respacing="25", guidance_scale=1.3).clamp(-1, 1)
+        y = sample_upsample(pair["upsample"], cond, quantize_8bit(x), gens, respacing="fast27").clamp(-1, 1)
+    for got, key, row, cols in ((x, "base", 10, slice(4, 8)), (y, "upsample", 40, slice(20, 24))):
+        want, std, mean = AUTHORS_SAMPLE[key]
+        assert torch.allclose(got[0, :, row, cols], torch.tensor(want), atol=1e-5), key
+        assert got.std().item() == pytest.approx(std, abs=1e-5) and got.mean().item() == pytest.approx(mean, abs=1e-5)
