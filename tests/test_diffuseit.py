@@ -867,3 +867,110 @@ def test_ffhq_backbone_adds_the_identity_loss_and_the_0_1_restart_threshold(tmp_
     m2.engine.backbone = "ffhq-256"
     with pytest.raises(WeightsNotFoundError, match="id_lambda=0"):
         _Context(m2.engine, m2.config, x * 2 - 1, ref, None, None)
+
+
+# Produced by running DiffuseIT's own loss code, cyclomon/DiffuseIT 8386b9a, unmodified: model_vit/loss_vit.py
+# Loss_vit (cfg dino_model_name "dino_vitb8", dino_global_patch_size 224; calculate_global_ssim_loss,
+# calculate_contra_ssim_loss with contra_loss.py PatchLoss, calculate_dir_cls_loss, calculate_target_loss) over
+# model_vit/extractor.py VitExtractor, whose torch.hub.load('facebookresearch/dino:main', ...) was answered with
+# facebookresearch/dino 7c446df vision_transformer.VisionTransformer(patch 8, width 48, depth 12, 3 heads, mlp 2)
+# holding the tiny DINO's weights (its hard-coded head count / width, 12 / 768, set to 3 / 48); and src/vqc_core.py
+# CLIPS(["ViT-B/32"]) with its clip.load answered by the tiny open_clip model (the vendored CLIP's tokenizer), the
+# target and loss lines of optimization/image_editor.py (tgt = (E_T - 0.4 E_S + 0.2 E_I0).normalize(); loss_prev on
+# the source with ncuts=0; the guided loss with ncuts=8 after torch.manual_seed(11)). torch 2.14 / torchvision 0.29
+# on CPU: every resize here upsamples 64 px to 224, where torchvision 0.10 and 0.29 agree (antialiasing only acts
+# when downsampling). Inputs: skimage astronaut (source) and coffee (reference) at 64 px (PIL LANCZOS) in [-1, 1];
+# output = source + 0.3 N(0, 1), prev = source + 0.2 N(0, 1) (one generator seeded 3, in that order), clamped.
+# Recorded: each loss, the norm of its gradient w.r.t. the output, gradient[0, :, 30, 20:24], CLIP target[0, :6].
+AUTHORS_LOSSES = {
+    "ssim": {
+        "loss": 0.032846119,
+        "grad_norm": 0.0089490768,
+        "grad": [5.1712883e-05, 6.8395559e-05, -5.6074573e-06, -1.0551354e-05, 9.9774319e-05, 0.00018887557,
+               1.4032586e-05, -4.0139697e-05, 2.2682063e-05, 3.7986647e-05, 3.6826521e-05, -3.3238814e-07],
+    },
+    "contra": {
+        "loss": 4.1072826,
+        "grad_norm": 0.092788875,
+        "grad": [-0.00063641166, -0.00086500309, 0.0010383563, 0.00067487627, -0.0014433224, -0.0034203043,
+               -0.0033192905, -0.0038825609, -0.00095356506, -0.0012943684, -0.00085728616, -0.0003900108],
+    },
+    "dir_cls": {
+        "loss": -9.2269975e-06,
+        "grad_norm": 1.5923415e-05,
+        "grad": [2.6385138e-07, 1.8534374e-07, 4.9751907e-08, 2.9766673e-07, -2.5229332e-07, -2.8716141e-07,
+               -3.4482281e-07, -2.3312683e-07, 1.0013291e-07, -6.8596556e-08, 3.4747135e-08, 1.9386144e-08],
+    },
+    "trg": {
+        "loss": 0.0018625133,
+        "grad_norm": 0.00013799331,
+        "grad": [-1.7539037e-06, -1.4874703e-06, -1.6058359e-06, -1.8934237e-06, 8.1904011e-07, 1.6832948e-06,
+               4.8544905e-07, 6.4284825e-07, 1.3016064e-06, 1.8050605e-06, 2.1030255e-06, 1.343259e-06],
+    },
+    "clip": {
+        "loss_prev": -0.039995097,
+        "loss": -0.033202872,
+        "grad_norm": 0.008996103,
+        "grad": [1.9622476e-05, -3.2477623e-05, 1.5958112e-05, 2.532106e-05, -2.8246501e-05, 7.5481454e-05,
+               -2.6250824e-05, -7.32603e-05, -3.5888039e-05, 2.9894814e-05, 8.4461448e-05, 4.1067175e-05],
+        "tgt": [0.0032406622, 0.25770304, 0.15946163, 0.026992489, 0.18408912, -0.00014040875],
+    },
+}
+
+
+@pytest.mark.slow
+def test_dino_and_clip_losses_reproduce_the_authors_loss_code():
+    """Our DINO losses (per sample, one batched pass) and the CLIP directional loss with the authors' view draws give
+    the authors' loss values and gradients to float rounding (measured: losses rel <= 6e-6, gradient slices rel
+    <= 3e-6, CLIP target rel 1e-7; see AUTHORS_LOSSES for how they were produced)."""
+    import skimage.data as skd
+    from PIL import Image
+
+    from methods.diffuseit.losses import ClipDirection, DinoFeatures
+
+    def load(a):
+        img = Image.fromarray(a).resize((64, 64), Image.LANCZOS)
+        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 255 * 2 - 1
+
+    src, ref = load(skd.astronaut()), load(skd.coffee())
+    g = torch.Generator().manual_seed(3)
+    out = (src + 0.3 * torch.randn(src.shape, generator=g)).clamp(-1, 1)
+    prev = (src + 0.2 * torch.randn(src.shape, generator=g)).clamp(-1, 1)
+    eng = methods.create("diffuseit", preset="tiny").engine
+    dino = eng.dino(224)
+    assert isinstance(dino, DinoFeatures)
+    with torch.no_grad():
+        k_src, s_src, _ = dino((src + 1) / 2)
+        c_prev, c_ref = dino((prev + 1) / 2)[2], dino((ref + 1) / 2)[2]
+
+    def check(name, loss, x):
+        want = AUTHORS_LOSSES[name]
+        assert loss.item() == pytest.approx(want["loss"], rel=5e-5), name
+        assert x.grad.norm().item() == pytest.approx(want["grad_norm"], rel=5e-5), name
+        w = torch.tensor(want["grad"])
+        assert torch.allclose(x.grad[0, :, 30, 20:24].flatten(), w, rtol=1e-4, atol=1e-4 * w.abs().max()), name
+
+    for name in ("ssim", "contra", "dir_cls", "trg"):
+        x = out.clone().requires_grad_(True)
+        keys, sim, cls = dino((x + 1) / 2)
+        if name == "ssim":
+            loss = ssim_loss(sim, s_src)
+        elif name == "contra":
+            loss = patch_nce_loss(keys, k_src)
+        elif name == "dir_cls":  # the semantic divergence term: minus the MSE to the previous step's [CLS]
+            loss = -cls_mse(cls, c_prev)
+        else:
+            loss = cls_mse(cls, c_ref)
+        loss.sum().backward()
+        check(name, loss, x)
+    mid = "ViT-B-32/openai"
+    ((views, text),) = eng.clip([mid])
+    cd = ClipDirection([views], [eng.prompt_embedder(mid, text)], ["a photo of an astronaut"], ["a photo of a robot"],
+                       (src + 1) / 2, lambda_src_text=0.4, lambda_src_image=0.2)
+    want = AUTHORS_LOSSES["clip"]
+    assert torch.allclose(cd.targets[0][0, :6], torch.tensor(want["tgt"]), atol=1e-6)
+    assert cd.plain_loss((src + 1) / 2, [0]).item() == pytest.approx(want["loss_prev"], rel=5e-5)
+    x = out.clone().requires_grad_(True)
+    loss = cd.loss((x + 1) / 2, [cd.draw(8, torch.Generator().manual_seed(11), 64, 64)], [0])
+    loss.sum().backward()
+    check("clip", loss, x)

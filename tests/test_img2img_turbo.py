@@ -570,3 +570,59 @@ def test_official_resolution_resizes_like_inference_unpaired():
     assert torch.equal(_pil_resize(y, (48, 80), truncate=True), (y * 255).to(torch.uint8).float() / 255)
     card = methods.get("cyclegan-turbo").card
     assert card.active_variants({**card.default_config(), "resize_filter": "bicubic"}) == ["resize_filter=bicubic"]
+
+
+# --- reference values from the authors' code -------------------------------------------------------------------------
+# Produced by running GaParmar/img2img-turbo 86f5414 (src/pix2pix_turbo.py Pix2Pix_Turbo.forward, src/cyclegan_turbo.py
+# CycleGAN_Turbo.forward with src/model.py's forwards and make_1step_sched), diffusers 0.42.1 / peft / torch 2.14 on
+# CPU, with only these edits to their files: "stabilityai/sd-turbo" -> the tiny SD-Turbo preset's folder, `.cuda()`
+# and "cuda" -> CPU, and the four hard-coded skip-conv widths (512/256/128) -> the tiny VAE's (64/32). Their models
+# were built from official .pkl files that `export_official` wrote from the models below (tiny preset, `_perturb`
+# seed 11 / 12): Pix2Pix_Turbo(pretrained_path=...) for the deterministic model, Pix2Pix_Turbo(pretrained_name=
+# "sketch_to_image_stochastic") on the file in its ckpt_folder for the TwinConv model, CycleGAN_Turbo(pretrained_path=
+# ...) for the unpaired one. Input: torch.rand(1, 3, 32, 32) (seed 4), caption "a photo of a cat"; their global seed
+# 5 (stochastic: inference_paired.py's noise map drawn first) and 9 (unpaired, input x * 2 - 1, caption "driving in
+# the night"). Outputs * 0.5 + 0.5 clamped; recorded: image[0, :, 10, 12:16], mean, std. Ours was bit-identical.
+AUTHORS_TURBO = {
+    "deterministic": ([[0.54248416, 0.70084232, 0.7531693, 0.81714231],
+                       [0.53909504, 0.73281687, 0.84023368, 0.79692882],
+                       [0.2066519, 0.13546968, 0, 0]], 0.4722515, 0.24845585),
+    "stochastic": ([[0.25601569, 0.39833474, 0.6680541, 0.71514815], [0.36371285, 0.32623559, 0.34971076, 0.43339014],
+                    [0.75727761, 0.58525133, 0.38072723, 0.24465171]], 0.48404443, 0.20869569),
+    "a2b": ([[0.26382267, 0.19643605, 0.19333869, 0.09143436], [0, 0, 0.16760236, 0.1874094],
+             [0.47742543, 0.97954828, 0.6132251, 0.2405014]], 0.52666217, 0.26723266),
+    "b2a": ([[0.64396465, 0.64942169, 0.75738645, 0.66024798], [0.61900663, 0.46562517, 0.21428731, 0.33997601],
+             [0.40806523, 0.26221329, 0.32425666, 0.24212623]], 0.50425994, 0.27187678),
+}
+
+
+def _assert_authors_turbo(key: str, img: torch.Tensor) -> None:
+    want, mean, std = AUTHORS_TURBO[key]
+    assert torch.allclose(img[0, :, 10, 12:16], torch.tensor(want), atol=1e-6), key
+    assert img.mean().item() == pytest.approx(mean, abs=1e-6) and img.std().item() == pytest.approx(std, abs=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["deterministic", "stochastic"])
+def test_pix2pix_turbo_reproduces_the_authors_pix2pix_turbo(mode):
+    """Pinned to the authors' Pix2Pix_Turbo.forward on the same weights, input and seed (see AUTHORS_TURBO)."""
+    m = methods.create("pix2pix-turbo", preset="tiny", mode=mode)
+    _perturb(m.gen, seed=11)
+    x = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    out = m.translate(TranslationInput(images=x, condition=x, tgt_prompts=["a photo of a cat"]),
+                      generator=[torch.Generator().manual_seed(5)]).images
+    _assert_authors_turbo(mode, out)
+
+
+def test_cyclegan_turbo_reproduces_the_authors_cyclegan_turbo():
+    """Pinned to the authors' CycleGAN_Turbo.forward, both directions (see AUTHORS_TURBO for how)."""
+    m = methods.create("cyclegan-turbo", preset="tiny", prompt="input")
+    _perturb(m.gen, seed=12)
+    base = load_sd(TINY).unet.conv_in
+    with torch.no_grad():  # the authors' loader keeps conv_in's base at the pretrained weights (not in their file)
+        m.gen.unet.conv_in.base_layer.weight.copy_(base.weight)
+        m.gen.unet.conv_in.base_layer.bias.copy_(base.bias)
+    x = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    for direction in ("a2b", "b2a"):
+        out = m.translate(TranslationInput(images=x, tgt_prompts=["driving in the night"], direction=direction),
+                          generator=[torch.Generator().manual_seed(9)]).images
+        _assert_authors_turbo(direction, out)

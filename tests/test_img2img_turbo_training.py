@@ -236,7 +236,8 @@ def test_memory_options_keep_the_math():
 def test_discriminator_heads_use_the_hook_spectral_norm_of_vision_aided_loss():
     """vision_aided_loss wraps its heads in torch.nn.utils.spectral_norm (weight_orig / weight_u / weight_v, no
     power iterations at init, one per training forward), not torch.nn.utils.parametrizations.spectral_norm (15 at
-    init, u then v: train-mode logits rel 5e-2 apart after one iteration)."""
+    init, u then v). Measured on the heads at the real widths, same weights and seed: train-mode logits rel 0.15
+    apart at the first forward, 0.049 after 5, 0.006 after 20 (the hook version is the upstream function: 0)."""
     from methods.img2img_turbo.discriminator import MultiLevelHeads
 
     heads = MultiLevelHeads(width=16, embed_dim=8, out_ch=4)
