@@ -96,7 +96,7 @@ def save_figure(fig: Figure, stem: str | Path, *, dpi: float | None = 150,
     return [stem.with_name(stem.name + f".{fmt}") for fmt in formats]
 
 
-THUMB_WIDTH = 900
+THUMB_WIDTH = 800
 """Width (px) of the report page's thumbnails; each links to its full-size PNG."""
 
 
@@ -145,9 +145,9 @@ def _wrap(text: str, width: int) -> str:
 
 def image_grid(run: Run, task: str, *, max_rows: int = 8, thumb: int = 128) -> Figure | None:
     """Rows = samples (the first `max_rows`, sorted), columns = input, condition / reference / target when
-    present (a condition identical to the input is not repeated), then each method's output. Text-guided tasks
-    print each row's "source prompt → target prompt" under it. Missing outputs show as a labelled blank cell
-    ("failed (phase)" or "missing"). None when the task has neither inputs nor outputs."""
+    present (a condition identical to the input is not repeated), then each method's output. Tasks with prompts
+    print each row's "source prompt → target prompt" (or its one prompt) under it. Missing outputs show as a
+    labelled blank cell ("failed (phase)" or "missing"). None when the task has neither inputs nor outputs."""
     inputs = run.inputs[run.inputs["task"] == task].set_index("sample") if not run.inputs.empty else pd.DataFrame()
     outs = run.outputs[run.outputs["task"] == task] if not run.outputs.empty else run.outputs
     fails = run.failures[run.failures["task"] == task] if not run.failures.empty else run.failures
@@ -169,8 +169,11 @@ def image_grid(run: Run, task: str, *, max_rows: int = 8, thumb: int = 128) -> F
     for r in fails.to_dict("records"):
         fail_of.setdefault((r["method"], r["sample"] if isinstance(r["sample"], str) else None), r["phase"])
     prompts = run.prompts.get(task, {})
-    captions = {s: f"{prompts[s].get('src') or '(none)'}  →  {prompts[s].get('tgt') or '(none)'}"
-                for s in samples if s in prompts and (prompts[s].get("src") or prompts[s].get("tgt"))}
+    captions = {}
+    for s in samples:  # "source → target" for edits; the one prompt of a conditional task
+        src, tgt = (prompts.get(s) or {}).get("src"), (prompts.get(s) or {}).get("tgt")
+        if src or tgt:
+            captions[s] = f"{src}  →  {tgt}" if src and tgt else f"prompt: {src or tgt}"
 
     gap, ncol, nrow = 4, len(headers), len(samples)
     row_gap = 18 if captions else gap  # room for the prompt line under each row
@@ -214,7 +217,10 @@ def image_grid(run: Run, task: str, *, max_rows: int = 8, thumb: int = 128) -> F
         for i, j, label in blanks:
             ax.text(j * (thumb + gap) + thumb / 2, i * (thumb + row_gap) + thumb / 2, label, ha="center",
                     va="center", fontsize=8, color="#a00000" if label.startswith("failed") else "#555555")
-        title = f"{task} ({run.kind(task)})" + (": source prompt → target prompt under each row" if captions else "")
+        title = f"{task} ({run.kind(task)})"
+        if captions:
+            title += (": source prompt → target prompt under each row" if any("  →  " in c for c in captions.values())
+                      else ": prompt under each row")
         if any(h.endswith(DAGGER) for h in headers):
             title += "\n" + RANDOM_NOTE
         fig.suptitle(title, y=1 - 6 / height, va="top", fontsize=9)

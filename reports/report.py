@@ -468,7 +468,8 @@ nav.toc{background:#f6f8fa;border:1px solid #ddd;border-radius:6px;padding:.4em 
 nav.toc ol{margin:.3em 0;padding-left:1.4em}
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
-th,td{padding:.25em .6em;text-align:right;border:none;white-space:nowrap}
+th,td{padding:.25em .5em;text-align:right;border:none;white-space:nowrap}
+table.results thead th{white-space:normal;vertical-align:bottom}span.ci{font-size:.8em;color:#555}
 thead tr:first-child th{border-top:2px solid #222}thead tr:last-child th{border-bottom:1px solid #222}
 table.results>tbody:last-of-type tr:last-child td,table.results>tbody:last-of-type tr:last-child th{
 border-bottom:2px solid #222}
@@ -481,6 +482,7 @@ table.plain td{word-break:break-word;max-width:520px}
 sup.rand{color:#b00000;font-weight:700}
 ul.notes{font-size:.82em;color:#555;margin-top:0;max-width:60em}
 figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+.grids{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}.grids figure{margin:0;flex:0 1 calc(50% - .5em)}
 figcaption{font-size:.9em;color:#444}
 details{margin:.5em 0}details pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.8em;max-height:400px}
 summary{cursor:pointer;color:#0550ae;font-weight:600}
@@ -495,6 +497,14 @@ def _html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], cls: str 
     out += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in rows]
     out.append("</tbody></table>")
     return "\n".join(out) + "\n"
+
+
+def _common_notes(tables: Sequence[Table]) -> list[str]:
+    """The footnotes every main table shares (when there are several), shown once on the page (each table's own
+    .md / .tex file keeps all of its notes)."""
+    if len(tables) < 2:
+        return []
+    return [n for n in tables[0].notes if all(n in t.notes for t in tables[1:])]
 
 
 def render_html(data: ReportData) -> str:
@@ -519,8 +529,13 @@ def render_html(data: ReportData) -> str:
                    "are absent or empty); the tables show speed and memory only.</p>")
     if not data.tables:
         out.append("<p>No results to tabulate.</p>")
-    for t in [*data.tables, *([data.perf_table] if data.perf_table is not None else [])]:
-        out += [f"<h3>{e(t.title)}</h3>", '<div class="scroll">', to_html(t), "</div>"]
+    shown = [*data.tables, *([data.perf_table] if data.perf_table is not None else [])]
+    common = _common_notes(data.tables)
+    for t in shown:
+        out += [f"<h3>{e(t.title)}</h3>", '<div class="scroll">', to_html(t, skip_notes=common), "</div>"]
+    if common:
+        out += ["<h3>Notes for every table above</h3>",
+                '<ul class="notes">' + "".join(f"<li>{e(n)}</li>" for n in common) + "</ul>"]
     out.append("<p>Tables as CSV (raw numbers), Markdown and LaTeX (booktabs; <code>\\usepackage{booktabs,graphicx}"
                "</code>) are in <code>tables/</code>.</p>")
     circ = _circularity_rows(run)
@@ -545,13 +560,14 @@ def render_html(data: ReportData) -> str:
         current = None
         for section, caption, key, png in sections:
             if section != current:
-                out.append(f"<h3>{e(section)}</h3>")
+                out += (["</div>"] if current is not None else []) + [f"<h3>{e(section)}</h3>", '<div class="grids">']
                 current = section
             full = png.relative_to(run.root).as_posix()
             thumb = data.thumbs.get(key)
             src = thumb.relative_to(run.root).as_posix() if thumb is not None else full
             out.append(f'<figure><a href="{e(full)}"><img alt="{e(caption)}" loading="lazy" src="{e(src)}"></a>'
-                       f"<figcaption>{e(caption)}</figcaption></figure>")
+                       f"<figcaption>{e(caption)} (click for full size)</figcaption></figure>")
+        out.append("</div>")
 
     tasks, cov = data.coverage()
     out += ['<h2 id="status">Run status</h2>', "<p>Outputs present / samples per task, and failed samples.</p>"]

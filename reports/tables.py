@@ -689,9 +689,9 @@ def to_latex(t: Table, *, label: str | None = None, ci: bool = True, speed: bool
     return "\n".join(out) + "\n"
 
 
-def to_html(t: Table) -> str:
+def to_html(t: Table, *, skip_notes: Sequence[str] = ()) -> str:
     """An HTML <table> (two header rows when tasks are grouped; reference and warning rows in their own <tbody>
-    below a rule) with footnotes, for the report page."""
+    below a rule) with footnotes (less `skip_notes`, which a page shows once for all its tables)."""
     e = html.escape
     out = [f'<table class="results" id="{e(t.name)}">', "<thead>"]
     groups: list[tuple[str, int]] = []
@@ -714,9 +714,11 @@ def to_html(t: Table) -> str:
     def tr(label: str, cells: Sequence[Cell]) -> str:
         tds = []
         for c in cells:
-            s = e(c.text)
+            s = e(c.mean_text) if c.mean_text else e(c.text)
             if c.best:
                 s = f"<strong>{s}</strong>"
+            if c.mean_text and c.ci_text:
+                s += f'<span class="ci"> ± {e(c.ci_text)}</span>'
             if c.random:
                 s += f'<sup class="rand" title="random weights">{DAGGER}</sup>'
             if c.note:
@@ -732,8 +734,9 @@ def to_html(t: Table) -> str:
             out += [tr(lbl, cells) for lbl, cells in block]
             out.append("</tbody>")
     out.append("</table>")
-    if t.notes:
-        out.append('<ul class="notes">' + "".join(f"<li>{e(n)}</li>" for n in t.notes) + "</ul>")
+    notes = [n for n in t.notes if n not in skip_notes]
+    if notes:
+        out.append('<ul class="notes">' + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
     return "\n".join(out) + "\n"
 
 

@@ -588,3 +588,86 @@ def test_method_section_lists_fixes_and_variants_and_marks_those_on(tmp_path: Pa
     assert 'id="methods"' in html and "auto-correlation roll of 0 never drawn" in html
     md2, _ = reports.write_report(make_run(tmp_path / "plain", perf=False), n_boot=50, figures=False)
     assert "## Methods" not in md2.read_text()
+
+
+# ----------------------------------------------------------------------------------------------- LaTeX, browser
+_LATEX_WRAPPER = r"""\documentclass[twocolumn]{article}
+\usepackage{booktabs,graphicx}
+\begin{document}
+\input{table.tex}
+\typeout{IZOO natural=\the\wd\izootable\space column=\the\columnwidth\space text=\the\textwidth}
+\end{document}
+"""
+
+
+def latex_widths(tex: str, workdir: Path) -> dict[str, float]:
+    """Compile one emitted table in a two-column article with pdflatex; the tabular's natural width, the column
+    and text widths (pt), and the widest overfull box (0 when none)."""
+    import shutil
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "table.tex").write_text(tex)
+    (workdir / "doc.tex").write_text(_LATEX_WRAPPER)
+    res = subprocess.run([shutil.which("pdflatex"), "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+                         cwd=workdir, capture_output=True, text=True, timeout=120)
+    log = (workdir / "doc.log").read_text(errors="replace")
+    assert res.returncode == 0, log[-3000:]
+    m = re.search(r"IZOO natural=([\d.]+)pt column=([\d.]+)pt text=([\d.]+)pt", log)
+    assert m, log[-2000:]
+    over = [float(x) for x in re.findall(r"Overfull \\hbox \(([\d.]+)pt too wide\)", log)]
+    return {"natural": float(m[1]), "column": float(m[2]), "text": float(m[3]), "overfull": max(over, default=0.0)}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("shutil").which("pdflatex"), reason="pdflatex not installed")
+def test_latex_tables_compile_and_fit_a_two_column_article(random_report: tuple[Path, Path], random_run: Path,
+                                                            tmp_path: Path) -> None:
+    texs = sorted((random_run / "tables").glob("*.tex"))
+    assert len(texs) >= 4
+    for tex in texs:
+        text = tex.read_text()
+        w = latex_widths(text, tmp_path / tex.stem)
+        limit = w["text"] if "\\begin{table*}" in text else w["column"]
+        # the emitted code scales the tabular down to the float's width when it is wider, never up
+        assert w["overfull"] == 0.0, (tex.name, w)
+        assert min(w["natural"], limit) <= limit
+        if w["natural"] > limit:
+            assert w["natural"] < 1.6 * limit, (tex.name, w)  # still readable after scaling
+    # optional columns: without CI, speed and memory a table is narrower
+    run = load_run(random_run)
+    t = build_main_tables(summarize_run(run, n_boot=50), run)[1]
+    full = latex_widths(to_latex(t), tmp_path / "full")["natural"]
+    slim = latex_widths(to_latex(t, ci=False, speed=False, memory=False), tmp_path / "slim")["natural"]
+    assert slim < full
+
+
+def _browser() -> str | None:
+    import shutil
+
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def screenshot_report(html_path: Path, png: Path, *, height: int = 4000) -> str:
+    """Render `html_path` in headless Chromium into `png` (1280 px wide); returns the browser's log, in which every
+    page console message appears as a CONSOLE line."""
+    browser = _browser()
+    res = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                          "--enable-logging=stderr", "--v=0", f"--screenshot={png}", f"--window-size=1280,{height}",
+                          html_path.resolve().as_uri()], capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout + res.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_browser() is None, reason="no headless Chromium installed")
+def test_report_renders_in_headless_chromium(random_report: tuple[Path, Path], random_run: Path,
+                                             tmp_path: Path) -> None:
+    html_path = random_report[1]
+    text = html_path.read_text()
+    for url in re.findall(r"""(?:src|href)="([^"#][^"]*)\"""", text):  # every local resource exists
+        assert (random_run / url).is_file(), url
+    log = screenshot_report(html_path, tmp_path / "shot.png")
+    assert not [ln for ln in log.splitlines() if "CONSOLE" in ln], log
+    with Image.open(tmp_path / "shot.png") as im:
+        a = np.asarray(im.convert("L"))
+    assert a.shape[1] == 1280 and (a < 128).mean() > 0.005  # the page drew text and figures, not a blank page
