@@ -348,6 +348,8 @@ def perf_chart(perf: pd.DataFrame, method_weights: dict[str, str] | None = None)
     df = perf.copy()
     for c in ("batch_size", "latency_median_s", "latency_iqr_s", "peak_mem_bytes"):
         df[c] = pd.to_numeric(df[c], errors="coerce")
+    if "device" in df.columns:  # a CPU peak is the process's resident set, not the method's own: not drawn
+        df.loc[df["device"].astype(str).str.startswith("cpu"), "peak_mem_bytes"] = np.nan
     df = df.sort_values(["method", "preset", "batch_size"], na_position="last", ignore_index=True,
                         key=lambda s: s.astype(str) if s.dtype == object else s)
     if not np.isfinite(df["latency_median_s"]).any():

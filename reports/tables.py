@@ -464,6 +464,8 @@ def build_perf_table(perf: pd.DataFrame, method_weights: dict[str, str] | None =
     for c in ("batch_size", "resolution", "latency_median_s", "latency_iqr_s", "throughput_img_s", "peak_mem_bytes",
               "network_time_s", "overhead"):
         df[c] = pd.to_numeric(df[c], errors="coerce") if c in df.columns else math.nan
+    cpu = df["device"].astype(str).str.startswith("cpu") if "device" in df.columns else pd.Series(False, df.index)
+    df.loc[cpu, "peak_mem_bytes"] = math.nan  # process RSS on CPU: not the method's own (see CPU_MEM_NOTE)
     df = df.sort_values(["method", "preset", "device", "resolution", "batch_size"], na_position="last",
                         ignore_index=True, key=lambda s: s.astype(str) if s.dtype == object else s)
     unit, scale = _memory_unit(df["peak_mem_bytes"].tolist())
@@ -503,6 +505,8 @@ def build_perf_table(perf: pd.DataFrame, method_weights: dict[str, str] | None =
                   notes=["latency: median over timed repeats ± half the interquartile range; img/s: throughput; "
                          "overhead: latency / time inside the networks' forward calls."],
                   data=perf.reset_index(drop=True))
+    if cpu.any():
+        table.notes.append(CPU_MEM_NOTE.replace("CPU runs", "CPU rows"))
     if table.has_random:
         table.notes.append(RANDOM_NOTE)
     return table

@@ -671,3 +671,14 @@ def test_report_renders_in_headless_chromium(random_report: tuple[Path, Path], r
     with Image.open(tmp_path / "shot.png") as im:
         a = np.asarray(im.convert("L"))
     assert a.shape[1] == 1280 and (a < 128).mean() > 0.005  # the page drew text and figures, not a blank page
+
+
+def test_perf_table_drops_cpu_memory_and_identity_card_is_a_reference(random_run: Path) -> None:
+    from methods.identity import Identity
+    from methods.sdedit import SDEdit
+
+    assert Identity.card.reference and not SDEdit.card.reference
+    perf = load_run(random_run).perf  # both rows were measured on CPU
+    t = reports.build_perf_table(perf)
+    j = [c.key for c in t.columns].index("memory")
+    assert all(cells[j].text == "—" for _, cells in t.rows) and any("not shown for CPU" in n for n in t.notes)
