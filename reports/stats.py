@@ -79,7 +79,7 @@ def bca_ci(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DegenerateDataWarning / RuntimeWarning: handled by the fallback
             res = stats.bootstrap((x,), np.mean, n_resamples=n_boot, confidence_level=confidence, method=method,
-                                  vectorized=True, rng=rng)
+                                  vectorized=True, rng=rng, batch=max(1, 4_000_000 // x.size))  # bounded memory
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
         if np.isfinite(lo) and np.isfinite(hi):
             return (lo, hi, method)

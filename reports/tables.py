@@ -588,10 +588,11 @@ def latex_escape(s: str) -> str:
 
 
 LATEX_PACKAGES = ("booktabs", "graphicx")
-# A two-column article is about 505 pt wide (US letter, 10 pt), one column about 241 pt. Tables whose estimated
-# natural width exceeds COLUMN_PT become `table*` (full text width); any table still wider than its float is
-# scaled down to fit by the emitted code itself (it measures the tabular in a box first).
-COLUMN_PT = 240.0
+# LaTeX's two-column article (10 pt) sets \textwidth 469 pt and \columnwidth 229.5 pt (conference classes are
+# close: 505 / 241 pt). Tables whose estimated natural width exceeds COLUMN_PT become `table*` (full text width);
+# any table still wider than its float is scaled down to fit by the emitted code itself (it measures the tabular
+# in a box first), so the estimate only picks the float.
+COLUMN_PT = 229.0
 
 
 def _latex_cell(c: Cell, ci: bool) -> str:
