@@ -469,7 +469,8 @@ nav.toc ol{margin:.3em 0;padding-left:1.4em}
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
 th,td{padding:.25em .5em;text-align:right;border:none;white-space:nowrap}
-table.results thead th{white-space:normal;vertical-align:bottom}span.ci{font-size:.8em;color:#555}
+table.results thead th{white-space:normal;vertical-align:bottom}table.results thead tr:only-child th:first-child,
+table.results thead th[rowspan]{text-align:left}span.ci{font-size:.8em;color:#555}
 thead tr:first-child th{border-top:2px solid #222}thead tr:last-child th{border-bottom:1px solid #222}
 table.results>tbody:last-of-type tr:last-child td,table.results>tbody:last-of-type tr:last-child th{
 border-bottom:2px solid #222}
