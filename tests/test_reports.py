@@ -209,11 +209,12 @@ def _paired_setup(spec: dict[str, tuple[float, float]], n: int = 12, task: str =
 
 
 def test_best_in_column_respects_direction() -> None:
-    rows = []
+    rows, rng = [], np.random.default_rng(3)  # noise: no tied differences (Wilcoxon's fast exact path)
     for task in ("t", "day_2_night"):
         for m, lp, ps in (("a", 0.1, 20.0), ("b", 0.3, 30.0), ("c", 0.2, 25.0)):
             for metric, v in (("LPIPS", lp), ("psnr", ps)):
-                rows += [[m, task, f"{i}", metric, v + 0.001 * i, "real"] for i in range(12)]
+                noise = rng.random(12)
+                rows += [[m, task, f"{i}", metric, v + 0.001 * i + 1e-4 * noise[i], "real"] for i in range(12)]
     per_image = pd.DataFrame(rows, columns=["method", "task", "sample", "metric", "value", "weights"])
     s = aggregate_per_image(per_image, n_boot=50)
     s["kind"] = "paired"
@@ -412,6 +413,7 @@ def test_random_weights_label(tmp_path: Path, random_report: tuple[Path, Path], 
 
 
 # ----------------------------------------------------------------------------------------------- figures, report
+@pytest.mark.slow
 def test_figures_are_png_by_default_and_pdf_on_request(random_report: tuple[Path, Path], random_run: Path) -> None:
     fig_dir = random_run / "figures"
     stems = {"grid_horse2zebra", "grid_edges2shoes", "grid_cat_edit", "tradeoff_clip_dino", "latency", "memory",
