@@ -1,9 +1,12 @@
 """Wall-clock and peak-memory measurement with benchmark discipline (timm's benchmark.py: synchronise the device
 before reading the clock; report the peak of the measured region, not of the whole process).
 
-Peak memory is `torch.cuda.max_memory_allocated` on CUDA (reset before the region) and the resident-set
-high-water mark on CPU, reset through `/proc/self/clear_refs` (Linux >= 4.0; elsewhere the process-lifetime peak
-from getrusage is reported and flagged as such).
+Peak memory is `torch.cuda.max_memory_allocated` on CUDA (reset before the region: the peak of the tensors alive
+during it, i.e. the running method's weights and activations) and the resident-set high-water mark on CPU, reset
+through `/proc/self/clear_refs` (Linux >= 4.0; elsewhere the process-lifetime peak from getrusage is reported and
+flagged as such). The CPU figure is the whole process's: every model loaded before, the allocator's cached pages
+and the interpreter count, so it depends on what ran before and is not a method's own memory; `mem_kind` says
+which one a measurement is, and reports show only "cuda_allocated" peaks as a method's memory.
 """
 
 from __future__ import annotations

@@ -60,6 +60,9 @@ class MethodCard:
     #: "option=value" -> what it changes and its measured effect. Every key names an option of `defaults`, so a run
     #: that turns one on differs from the defaults in its config (and shows it in its table row).
     variants: Mapping[str, str] = field(default_factory=dict)
+    #: A reference row rather than a competitor (a copy of the input, an oracle that sees the target): reports
+    #: show it in its own block below the methods and never mark it best.
+    reference: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.strip().lower() or " " in self.name:

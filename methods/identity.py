@@ -21,6 +21,7 @@ class Identity(Translator):
         weights={"paper": "none", "tiny": "none"},
         defaults={},
         license="MIT",
+        reference=True,
     )
 
     def __init__(self, device: str = "cpu") -> None:

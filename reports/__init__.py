@@ -1,4 +1,4 @@
-"""Reports of a run directory: aggregated numbers with CIs, paper-style tables, figures, report pages.
+"""Reports of a run directory: aggregated numbers with CIs, paired statistics, paper-style tables, figures, pages.
 
 `python benchmark.py report runs/<name>` calls `write_report`; everything here reads the run directory only
 (no recomputation) and never imports torch. Depends on `eval` (atomic writes), never on `methods`/`datasets`.
@@ -17,6 +17,7 @@ from .aggregate import (
 )
 from .figures import bar_chart, image_grid, perf_chart, save_figure, tradeoff_scatter, write_figures
 from .report import build_report, render_html, render_markdown, write_report
+from .stats import bca_ci, paired_comparisons, wins_matrix
 from .tables import (
     RANDOM_NOTE,
     Table,
@@ -39,12 +40,14 @@ __all__ = [
     "aggregate_per_image",
     "aggregate_speed",
     "bar_chart",
+    "bca_ci",
     "bootstrap_ci",
     "build_main_tables",
     "build_perf_table",
     "build_report",
     "image_grid",
     "load_run",
+    "paired_comparisons",
     "perf_chart",
     "render_html",
     "render_markdown",
@@ -57,5 +60,6 @@ __all__ = [
     "tradeoff_scatter",
     "write_figures",
     "write_report",
+    "wins_matrix",
     "write_tables",
 ]

@@ -3,16 +3,16 @@
 A run directory (file names in `eval.harness.rundir`) holds everything a report needs: outputs with timing
 sidecars, failures, per-image and distribution metrics, metric metadata and the provenance manifest. `load_run`
 gathers those files into a `Run` (no recomputation, no torch); `summarize_run` turns it into the long-form summary
-that tables and figures share: mean, a seeded percentile-bootstrap 95% CI, N (non-NaN values), the NaN count, the
-failure count, and the weights label. NaNs are counted, never averaged (PIE-Bench's evaluation writes "nan"
-strings into its result tables: the counter-example). Every function here is pure on DataFrames except the loader.
+that tables and figures share: mean, a seeded BCa-bootstrap 95% CI (`reports.stats.bca_ci`; percentile where BCa
+is degenerate, named in `ci_method`), N (non-NaN values), the NaN count, the failure count, and the weights label.
+NaNs are counted, never averaged (PIE-Bench's evaluation writes "nan" strings into its result tables: the
+counter-example). Every function here is pure on DataFrames except the loader.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +31,11 @@ from eval.harness.rundir import (
     OUTPUTS,
     PER_IMAGE_CSV,
     PERF_CSV,
+    PROMPTS_JSON,
 )
 from eval.store import read_json
+
+from .stats import bca_ci, group_rng
 
 __all__ = [
     "MEMORY",
@@ -45,6 +48,7 @@ __all__ = [
     "bootstrap_ci",
     "canonical_metric",
     "count_failures",
+    "cpu_memory_measured",
     "load_run",
     "metric_direction",
     "summarize_run",
@@ -58,7 +62,7 @@ INPUT_ROLES = ("condition", "reference", "target", "mask")  # optional companion
 
 PER_IMAGE_COLUMNS = ["method", "task", "sample", "metric", "value", "weights", "edit_type"]
 DISTRIBUTION_COLUMNS = ["method", "task", "metric", "value", "n_gen", "n_ref", "weights"]
-OUTPUT_COLUMNS = ["method", "task", "sample", "path", "seconds", "peak_mem_bytes", "batch_size", "warmup"]
+OUTPUT_COLUMNS = ["method", "task", "sample", "path", "seconds", "peak_mem_bytes", "mem_kind", "batch_size", "warmup"]
 INPUT_COLUMNS = ["task", "sample", "input", *INPUT_ROLES]
 FAILURE_COLUMNS = ["method", "task", "sample", "phase", "error", "traceback", "metric", "path"]
 PERF_COLUMNS = [
@@ -67,7 +71,7 @@ PERF_COLUMNS = [
 ]
 SUMMARY_COLUMNS = [
     "method", "task", "kind", "metric", "source", "direction", "mean", "ci_lo", "ci_hi", "ci_half", "std",
-    "n", "n_nan", "n_failed", "n_gen", "n_ref", "weights",
+    "n", "n_nan", "n_failed", "n_gen", "n_ref", "weights", "ci_method",
 ]
 
 # Canonical metric names and the spellings that map onto them (lower-case, '-' and ' ' read as '_').
@@ -118,52 +122,30 @@ def metric_direction(metric: str, metric_info: dict[str, dict] | None = None) ->
 
 
 # ----------------------------------------------------------------------------------------------- statistics
-def _group_seed(seed: int, *parts: Any) -> np.random.Generator:
-    """A generator seeded by (seed, parts): each group's CI is reproducible and independent of group order."""
-    tag = zlib.crc32("|".join(map(str, parts)).encode("utf-8"))
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, tag])
-
-
 def bootstrap_ci(
     values: Iterable[float] | np.ndarray,
     *,
     n_boot: int = 1000,
     confidence: float = 0.95,
     seed: int | np.random.Generator = 0,
-    max_chunk: int = 20_000_000,
 ) -> tuple[float, float]:
-    """Percentile-bootstrap confidence interval of the mean of `values` (NaNs dropped first).
-
-    Resamples with replacement `n_boot` times (vectorised, in chunks of at most `max_chunk` draws) and returns
-    the (1-confidence)/2 and (1+confidence)/2 percentiles of the resampled means. Fewer than two finite values
-    give (nan, nan): one value says nothing about its spread. Same seed, same interval.
-    """
-    x = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=np.float64).ravel()
-    x = x[np.isfinite(x)]
-    n = x.size
-    if n < 2 or n_boot < 1:
-        return (math.nan, math.nan)
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    rows = max(1, min(n_boot, max_chunk // n))
-    means = np.empty(n_boot, dtype=np.float64)
-    for start in range(0, n_boot, rows):
-        stop = min(n_boot, start + rows)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = x[idx].mean(axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-    return (float(lo), float(hi))
+    """BCa bootstrap confidence interval of the mean of `values` (NaNs dropped first; percentile where BCa is
+    degenerate): `reports.stats.bca_ci` without the method name. Fewer than two finite values give (nan, nan).
+    Same seed, same interval."""
+    lo, hi, _ = bca_ci(values, n_boot=n_boot, confidence=confidence, seed=seed)
+    return (lo, hi)
 
 
-def _summary(values: np.ndarray, rng: np.random.Generator, n_boot: int, confidence: float) -> dict[str, float]:
+def _summary(values: np.ndarray, rng: np.random.Generator, n_boot: int, confidence: float) -> dict[str, Any]:
     x = np.asarray(values, dtype=np.float64)
     finite = x[np.isfinite(x)]
     n = int(finite.size)
     mean = float(finite.mean()) if n else math.nan
     std = float(finite.std(ddof=1)) if n > 1 else math.nan
-    lo, hi = bootstrap_ci(finite, n_boot=n_boot, confidence=confidence, seed=rng)
+    lo, hi, how = bca_ci(finite, n_boot=n_boot, confidence=confidence, seed=rng)
     half = (hi - lo) / 2.0 if np.isfinite(lo) and np.isfinite(hi) else math.nan
-    return {"mean": mean, "ci_lo": lo, "ci_hi": hi, "ci_half": half, "std": std, "n": n, "n_nan": int(x.size - n)}
+    return {"mean": mean, "ci_lo": lo, "ci_hi": hi, "ci_half": half, "std": std, "n": n, "n_nan": int(x.size - n),
+            "ci_method": how}
 
 
 def _weights_label(labels: Iterable[Any]) -> str:
@@ -242,7 +224,7 @@ def aggregate_per_image(
     weights_col = "weights" in df.columns
     for (method, task, metric), g in df.groupby(["method", "task", "metric"], sort=True):
         vals = pd.to_numeric(g["value"], errors="coerce").to_numpy(dtype=np.float64)
-        stats = _summary(vals, _group_seed(seed, method, task, metric), n_boot, confidence)
+        stats = _summary(vals, group_rng(seed, method, task, metric), n_boot, confidence)
         rows.append({
             "method": method, "task": task, "metric": metric, "source": "per_image", **stats,
             "n_failed": _failed_for(counts, method, task, metric), "n_gen": math.nan, "n_ref": math.nan,
@@ -275,7 +257,7 @@ def aggregate_distribution(
             "ci_half": math.nan, "std": math.nan, "n": int(n_gen) if finite and np.isfinite(n_gen) else int(finite),
             "n_nan": 0 if finite else 1, "n_failed": _failed_for(counts, rec.method, rec.task, rec.metric),
             "n_gen": float(n_gen), "n_ref": float(n_ref),
-            "weights": _weights_label([getattr(rec, "weights", None)]),
+            "weights": _weights_label([getattr(rec, "weights", None)]), "ci_method": "none",
         })
     return pd.DataFrame(rows, columns=[c for c in SUMMARY_COLUMNS if c not in ("kind", "direction")])
 
@@ -293,9 +275,14 @@ def aggregate_speed(
     """Speed and memory per method x task from the output sidecars.
 
     SPEED ("s_per_img"): mean per-sample share of batch wall time, with a bootstrap CI; the warm-up batch (the
-    first after a model loaded, flagged in its sidecar) is left out when other batches exist. MEMORY
-    ("peak_mem_bytes"): the maximum peak over the task's batches (peak is a max, not a mean); N counts the
-    samples that reported it (0 on a CPU run that measured none). Weights come from the manifest's method label.
+    first after a model loaded, flagged in its sidecar) is left out when other batches exist (source "sidecar");
+    when a task had only warm-up batches they are all there is (source "sidecar_warmup", which tables flag).
+    MEMORY ("peak_mem_bytes"): the maximum peak over the task's batches (peak is a max, not a mean), only where the
+    sidecars measured the method's own allocations (`mem_kind` "cuda_allocated": the CUDA allocator's peak, reset
+    before every batch). A CPU run's figure is the whole process's resident set (every model loaded so far, the
+    allocator's cached pages, the metric encoders): it depends on the run order, not on the method, so it is not
+    reported (`cpu_memory_measured` tells the tables to say so). N counts the samples that reported it.
+    Weights come from the manifest's method label.
     """
     if outputs is None or outputs.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
@@ -306,18 +293,40 @@ def aggregate_speed(
         nf = _failed_for(counts, method, task, None)
         secs = pd.to_numeric(g["seconds"], errors="coerce").to_numpy(dtype=np.float64)
         warm = g["warmup"].to_numpy(dtype=bool) if "warmup" in g else np.zeros(len(g), dtype=bool)
+        source = "sidecar"
         if (~warm).any():  # the first batch after a model loads pays one-time costs: time the others
             secs = secs[~warm]
-        stats = _summary(secs, _group_seed(seed, method, task, SPEED), n_boot, confidence)
-        rows.append({"method": method, "task": task, "metric": SPEED, "source": "sidecar", **stats, "n_failed": nf,
+        elif warm.any():
+            source = "sidecar_warmup"
+        stats = _summary(secs, group_rng(seed, method, task, SPEED), n_boot, confidence)
+        rows.append({"method": method, "task": task, "metric": SPEED, "source": source, **stats, "n_failed": nf,
                      "n_gen": math.nan, "n_ref": math.nan, "weights": w})
         mem = pd.to_numeric(g["peak_mem_bytes"], errors="coerce").to_numpy(dtype=np.float64)
+        own = _own_allocation(g)
+        mem = np.where(own, mem, np.nan)
         fin = mem[np.isfinite(mem)]
+        if not fin.size:
+            continue
         rows.append({"method": method, "task": task, "metric": MEMORY, "source": "sidecar",
-                     "mean": float(fin.max()) if fin.size else math.nan, "ci_lo": math.nan, "ci_hi": math.nan,
+                     "mean": float(fin.max()), "ci_lo": math.nan, "ci_hi": math.nan,
                      "ci_half": math.nan, "std": math.nan, "n": int(fin.size), "n_nan": int(mem.size - fin.size),
-                     "n_failed": nf, "n_gen": math.nan, "n_ref": math.nan, "weights": w})
+                     "n_failed": nf, "n_gen": math.nan, "n_ref": math.nan, "weights": w, "ci_method": "none"})
     return pd.DataFrame(rows, columns=[c for c in SUMMARY_COLUMNS if c not in ("kind", "direction")])
+
+
+def _own_allocation(outputs: pd.DataFrame) -> np.ndarray:
+    """Per sidecar: whether its peak memory is the method's own (CUDA allocator) rather than the process's RSS.
+    A sidecar without `mem_kind` says nothing about what it measured, so its number is not shown either."""
+    kinds = outputs["mem_kind"] if "mem_kind" in outputs else pd.Series([None] * len(outputs), index=outputs.index)
+    return kinds.astype(str).str.startswith("cuda").to_numpy(dtype=bool)
+
+
+def cpu_memory_measured(outputs: pd.DataFrame) -> bool:
+    """Whether some sidecar recorded a CPU resident-set peak (which the tables leave out, with a note)."""
+    if outputs is None or outputs.empty or "mem_kind" not in outputs:
+        return False
+    kinds = outputs["mem_kind"].astype(str)
+    return bool(kinds.str.startswith("cpu").any())
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -336,6 +345,8 @@ class Run:
     perf: pd.DataFrame
     _methods: list[str] = field(default_factory=list, repr=False)
     _tasks: list[str] = field(default_factory=list, repr=False)
+    #: {task: {sample: {"src": source prompt, "tgt": target prompt}}} from inputs/<task>/prompts.json
+    prompts: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -375,6 +386,11 @@ class Run:
     def method_info(self, method: str) -> dict[str, Any]:
         info = (self.manifest.get("methods") or {}).get(method)
         return info if isinstance(info, dict) else {}
+
+    def is_reference(self, method: str) -> bool:
+        """Whether the method is a reference row (its card's `reference`, recorded in the manifest): a copy of the
+        input or an oracle, shown apart from the competing methods and never marked best."""
+        return bool(self.method_info(method).get("reference"))
 
     def method_weights(self, method: str) -> str:
         """"real", "random" or "unknown": the manifest's weights_label for the method."""
@@ -432,6 +448,7 @@ def _scan_outputs(root: Path) -> pd.DataFrame:
                         "method": mdir.name, "task": tdir.name, "sample": sample,
                         "path": str(png) if png.is_file() else None,
                         "seconds": _num(side.get("seconds")), "peak_mem_bytes": _num(side.get("peak_mem_bytes")),
+                        "mem_kind": side.get("mem_kind"),
                         "batch_size": _num(side.get("batch_size")), "warmup": bool(side.get("warmup", False)),
                     })
     return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
@@ -515,7 +532,13 @@ def load_run(run_dir: str | Path) -> Run:
     tasks = _ordered(m_tasks, inputs["task"], outputs["task"], failures["task"], per_image["task"],
                      distribution["task"])
     # Weights column missing (older writers): fall back to the method's manifest label.
-    run = Run(root, manifest, per_image, distribution, metric_info, outputs, inputs, failures, perf, methods, tasks)
+    prompts = {}
+    for task in tasks:
+        rec = read_json(root / INPUTS / task / PROMPTS_JSON, default={})
+        if isinstance(rec, dict) and rec:
+            prompts[task] = {str(k): v for k, v in rec.items() if isinstance(v, dict)}
+    run = Run(root, manifest, per_image, distribution, metric_info, outputs, inputs, failures, perf, methods, tasks,
+              prompts)
     for df in (run.per_image, run.distribution):
         if not df.empty:
             missing = df["weights"].isna()

@@ -32,12 +32,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from .aggregate import Run
 
 __all__ = [
+    "THUMB_WIDTH",
     "bar_chart",
     "image_grid",
     "perf_chart",
     "save_figure",
     "tradeoff_scatter",
     "write_figures",
+    "write_thumbnail",
 ]
 
 _STYLE = {
@@ -94,6 +96,23 @@ def save_figure(fig: Figure, stem: str | Path, *, dpi: float | None = 150,
     return [stem.with_name(stem.name + f".{fmt}") for fmt in formats]
 
 
+THUMB_WIDTH = 800
+"""Width (px) of the report page's thumbnails; each links to its full-size PNG."""
+
+
+def write_thumbnail(png: str | Path, out: str | Path, *, width: int = THUMB_WIDTH, quality: int = 82) -> Path:
+    """A downscaled JPEG of `png` at `out` (at most `width` px wide, aspect kept, never upscaled), atomically;
+    same input, same bytes (PIL's JPEG encoder writes no timestamp)."""
+    out = Path(out)
+    with Image.open(png) as im:
+        im = im.convert("RGB")
+        if im.width > width:
+            im = im.resize((width, max(1, round(im.height * width / im.width))), Image.Resampling.LANCZOS)
+        with atomic_path(out) as tmp:
+            im.save(tmp, format="JPEG", quality=quality, optimize=True)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- image grid
 def _thumb(path: str | None, size: int) -> np.ndarray | None:
     if not path:
@@ -107,10 +126,28 @@ def _thumb(path: str | None, size: int) -> np.ndarray | None:
         return None
 
 
+def _same_files(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    """Whether two columns of image paths hold byte-identical files, sample by sample (e.g. a paired task whose
+    "condition" is the input itself)."""
+    pairs = [(x, y) for x, y in zip(a, b) if isinstance(x, str) or isinstance(y, str)]
+    if not pairs:
+        return False
+    try:
+        return all(isinstance(x, str) and isinstance(y, str) and Path(x).read_bytes() == Path(y).read_bytes()
+                   for x, y in pairs)
+    except OSError:
+        return False
+
+
+def _wrap(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def image_grid(run: Run, task: str, *, max_rows: int = 8, thumb: int = 128) -> Figure | None:
     """Rows = samples (the first `max_rows`, sorted), columns = input, condition / reference / target when
-    present, then each method's output. Missing outputs show as a labelled blank cell ("failed (phase)" or
-    "missing"). None when the task has neither inputs nor outputs."""
+    present (a condition identical to the input is not repeated), then each method's output. Tasks with prompts
+    print each row's "source prompt → target prompt" (or its one prompt) under it. Missing outputs show as a
+    labelled blank cell ("failed (phase)" or "missing"). None when the task has neither inputs nor outputs."""
     inputs = run.inputs[run.inputs["task"] == task].set_index("sample") if not run.inputs.empty else pd.DataFrame()
     outs = run.outputs[run.outputs["task"] == task] if not run.outputs.empty else run.outputs
     fails = run.failures[run.failures["task"] == task] if not run.failures.empty else run.failures
@@ -121,15 +158,26 @@ def image_grid(run: Run, task: str, *, max_rows: int = 8, thumb: int = 128) -> F
         return None
     roles = ["input"] + [r for r in ("condition", "reference", "target")
                          if not inputs.empty and r in inputs.columns and inputs[r].notna().any()]
+    if "condition" in roles and _same_files([inputs.at[s, "input"] if s in inputs.index else None for s in samples],
+                                            [inputs.at[s, "condition"] if s in inputs.index else None
+                                             for s in samples]):
+        roles.remove("condition")
     headers = [r if r != "target" else "target (GT)" for r in roles]
     headers += [m + (DAGGER if run.method_weights(m) == "random" else "") for m in methods]
     out_path = {(r["method"], r["sample"]): r["path"] for r in outs.to_dict("records")}
     fail_of: dict[tuple[str, str | None], str] = {}
     for r in fails.to_dict("records"):
         fail_of.setdefault((r["method"], r["sample"] if isinstance(r["sample"], str) else None), r["phase"])
+    prompts = run.prompts.get(task, {})
+    captions = {}
+    for s in samples:  # "source → target" for edits; the one prompt of a conditional task
+        src, tgt = (prompts.get(s) or {}).get("src"), (prompts.get(s) or {}).get("tgt")
+        if src or tgt:
+            captions[s] = f"{src}  →  {tgt}" if src and tgt else f"prompt: {src or tgt}"
 
     gap, ncol, nrow = 4, len(headers), len(samples)
-    mosaic = np.full((nrow * (thumb + gap) - gap, ncol * (thumb + gap) - gap, 3), 255, dtype=np.uint8)
+    row_gap = 18 if captions else gap  # room for the prompt line under each row
+    mosaic = np.full((nrow * (thumb + row_gap) - row_gap, ncol * (thumb + gap) - gap, 3), 255, dtype=np.uint8)
     blanks: list[tuple[int, int, str]] = []
     for i, sample in enumerate(samples):
         for j in range(ncol):
@@ -142,14 +190,14 @@ def image_grid(run: Run, task: str, *, max_rows: int = 8, thumb: int = 128) -> F
                 img = _thumb(out_path.get((m, sample)), thumb)
                 phase = fail_of.get((m, sample)) or fail_of.get((m, None))
                 label = f"failed\n({phase})" if phase else "missing"
-            y, x = i * (thumb + gap), j * (thumb + gap)
+            y, x = i * (thumb + row_gap), j * (thumb + gap)
             if img is None:
                 mosaic[y:y + thumb, x:x + thumb] = _BLANK
                 blanks.append((i, j, label))
             else:
                 mosaic[y:y + thumb, x:x + thumb] = img
 
-    left, top, bottom = 110, 70, 10  # pixel margins for row labels, column headers + title
+    left, top, bottom = 110, 70, 10 + (row_gap if captions else 0)  # margins: row labels, headers + title
     width, height = max(mosaic.shape[1] + left + 10, 560), mosaic.shape[0] + top + bottom
     dpi = 100
     with matplotlib.rc_context(_STYLE):
@@ -161,12 +209,18 @@ def image_grid(run: Run, task: str, *, max_rows: int = 8, thumb: int = 128) -> F
             ax.text(j * (thumb + gap) + thumb / 2, -6, h if len(h) <= 18 else h[:17] + "…", ha="center",
                     va="bottom", fontsize=8)
         for i, s in enumerate(samples):
-            ax.text(-6, i * (thumb + gap) + thumb / 2, s if len(s) <= 16 else s[:15] + "…", ha="right",
+            ax.text(-6, i * (thumb + row_gap) + thumb / 2, s if len(s) <= 16 else s[:15] + "…", ha="right",
                     va="center", fontsize=7)
+            if s in captions:  # about 6 px per character at 7 pt
+                ax.text(0, i * (thumb + row_gap) + thumb + 2, _wrap(captions[s], max(20, mosaic.shape[1] // 5)),
+                        ha="left", va="top", fontsize=7, color="#333333", clip_on=False)
         for i, j, label in blanks:
-            ax.text(j * (thumb + gap) + thumb / 2, i * (thumb + gap) + thumb / 2, label, ha="center", va="center",
-                    fontsize=8, color="#a00000" if label.startswith("failed") else "#555555")
+            ax.text(j * (thumb + gap) + thumb / 2, i * (thumb + row_gap) + thumb / 2, label, ha="center",
+                    va="center", fontsize=8, color="#a00000" if label.startswith("failed") else "#555555")
         title = f"{task} ({run.kind(task)})"
+        if captions:
+            title += (": source prompt → target prompt under each row" if any("  →  " in c for c in captions.values())
+                      else ": prompt under each row")
         if any(h.endswith(DAGGER) for h in headers):
             title += "\n" + RANDOM_NOTE
         fig.suptitle(title, y=1 - 6 / height, va="top", fontsize=9)
@@ -294,6 +348,8 @@ def perf_chart(perf: pd.DataFrame, method_weights: dict[str, str] | None = None)
     df = perf.copy()
     for c in ("batch_size", "latency_median_s", "latency_iqr_s", "peak_mem_bytes"):
         df[c] = pd.to_numeric(df[c], errors="coerce")
+    if "device" in df.columns:  # a CPU peak is the process's resident set, not the method's own: not drawn
+        df.loc[df["device"].astype(str).str.startswith("cpu"), "peak_mem_bytes"] = np.nan
     df = df.sort_values(["method", "preset", "batch_size"], na_position="last", ignore_index=True,
                         key=lambda s: s.astype(str) if s.dtype == object else s)
     if not np.isfinite(df["latency_median_s"]).any():

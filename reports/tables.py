@@ -3,9 +3,15 @@
 Why a table model: the same cells (value text, best-in-column flag, random-weights flag, N/NaN note) must read
 the same in the Markdown report, the LaTeX a user pastes into a paper and the HTML page, so the decisions are
 made once (`build_main_tables`) and each renderer only spells them. Columns carry the metric's direction as an
-arrow; the best value per column is bold; cells read "mean ± half-width of the 95% bootstrap CI"; every number
-computed with random weights carries a dagger and the table a footnote saying it is not comparable to papers.
-The CSV files hold the raw numbers (long form), not the formatted strings.
+arrow and their unit (KID x10^3, PSNR dB, s/img, GiB); cells read "mean ± half-width of the 95% BCa bootstrap CI";
+every number computed with random weights carries a dagger and the table a footnote saying it is not comparable
+to papers.
+
+Bold is earned, not assigned: reference rows (a copy of the input, an oracle; `Run.is_reference`) sit in their
+own block below a rule and are never bold; a column's best competing value is bold only when it is significantly
+better than the runner-up (per-image metrics: the paired test of `reports.stats`, Holm-adjusted p < 0.05; s/img:
+non-overlapping 95% CIs) and never on a tie; single-value columns (FID, KID, memory) carry no bold. Each table's
+footnote states that rule. The CSV files hold the raw numbers (long form), not the formatted strings.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import pandas as pd
 
 from eval.store import atomic_write_text
 
-from .aggregate import MEMORY, SPEED, SUMMARY_COLUMNS, canonical_metric, count_failures
+from .aggregate import MEMORY, SPEED, SUMMARY_COLUMNS, canonical_metric, count_failures, cpu_memory_measured
+from .stats import ALPHA, paired_comparisons, significantly_better
 
 if TYPE_CHECKING:  # pragma: no cover
     from .aggregate import Run
@@ -38,6 +45,8 @@ __all__ = [
     "build_main_tables",
     "build_perf_table",
     "metric_label",
+    "paired_markdown",
+    "paired_rows",
     "perf_is_random",
     "to_csv",
     "to_html",
@@ -74,6 +83,9 @@ _LABELS = {
     "clip_dir": "CLIP-dir",
     "clip_acc": "CLIP-acc", "lpips": "LPIPS", "psnr": "PSNR", "ssim": "SSIM", SPEED: "s/img", MEMORY: "Mem",
 }
+# Display divisor and unit per canonical metric: papers print KID x10^3 (the CSVs keep the raw value).
+_SCALE = {"kid": (1e-3, "×10³")}
+_UNITS = {"psnr": "dB"}
 
 
 def metric_label(metric: str) -> str:
@@ -90,6 +102,8 @@ class Cell:
     best: bool = False
     random: bool = False
     value: float = math.nan
+    mean_text: str = ""  # the mean alone and the CI half-width alone (LaTeX sets the CI smaller)
+    ci_text: str = ""
 
 
 @dataclass
@@ -100,6 +114,8 @@ class Column:
     label: str
     arrow: str = ""
     group: str = ""
+    metric: str = ""
+    sub: str = ""  # unit / image count ("dB", "×10³, N=8"): after the label, on a second header line in LaTeX
 
 
 @dataclass
@@ -114,6 +130,10 @@ class Table:
     data: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SUMMARY_COLUMNS))
     row_header: str = "Method"
     group_titles: dict[str, str] = field(default_factory=dict)
+    #: rows (by label) that are references, shown in their own block after the competing methods
+    references: list[str] = field(default_factory=list)
+    #: warning rows after the table body (e.g. FID/KID image counts), drawn below a rule
+    footer: list[tuple[str, list[Cell]]] = field(default_factory=list)
 
     @property
     def has_random(self) -> bool:
@@ -170,17 +190,43 @@ def _row_lookup(summary: pd.DataFrame) -> dict[tuple[str, str, str], dict[str, A
     return {(r["method"], r["task"], r["metric"]): r for r in summary.to_dict("records")}
 
 
-def _mark_best(cells: list[Cell], direction: str | None, decimals: int, scale: float = 1.0) -> None:
-    """Bold the best value(s) of a column, compared as displayed (ties at the shown precision all bold)."""
+def _ci_overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two summary rows' CIs overlap (True when either has none: no evidence of a difference)."""
+    lo_a, hi_a = float(a["ci_lo"]), float(a["ci_hi"])
+    lo_b, hi_b = float(b["ci_lo"]), float(b["ci_hi"])
+    if not all(np.isfinite(v) for v in (lo_a, hi_a, lo_b, hi_b)):
+        return True
+    return not (hi_a < lo_b or hi_b < lo_a)
+
+
+def _mark_best(cells: list[Cell], rows: Sequence[dict[str, Any] | None], methods: Sequence[str], *,
+               direction: str | None, decimals: int, scale: float, references: set[str], task: str, metric: str,
+               paired: pd.DataFrame | None) -> None:
+    """Bold a column's best competing value when it is significantly better than the runner-up.
+
+    Candidates are the non-reference rows with a value; values are compared as displayed, so a tie at the shown
+    precision (or every value equal) bolds nothing. Per-image metrics need the paired test to say the winner
+    beats the runner-up (Holm-adjusted p < ALPHA); s/img needs non-overlapping CIs; single values (FID, KID,
+    memory) are never bold.
+    """
     if direction not in ARROWS:
         return
     shown = [(i, round(c.value / scale, _cell_decimals(c.value / scale, decimals))) for i, c in enumerate(cells)
-             if np.isfinite(c.value)]
+             if np.isfinite(c.value) and methods[i] not in references and rows[i] is not None]
     if len(shown) < 2:
         return
-    best = min(v for _, v in shown) if direction == "lower" else max(v for _, v in shown)
-    for i, v in shown:
-        cells[i].best = v == best
+    shown.sort(key=lambda iv: iv[1], reverse=direction == "higher")
+    (wi, wv), (ri, rv) = shown[0], shown[1]
+    if wv == rv:
+        return
+    win, run_up = rows[wi], rows[ri]
+    if win["source"] == "per_image":
+        ok = significantly_better(paired, task, metric, methods[wi], methods[ri])
+    elif win["source"] == "sidecar" and metric == SPEED:
+        ok = not _ci_overlap(win, run_up)
+    else:
+        ok = False
+    cells[wi].best = ok
 
 
 def _column_cells(
@@ -188,7 +234,7 @@ def _column_cells(
 ) -> tuple[list[Cell], str, int, float]:
     """Format one column: returns cells, the unit suffix for the label, the decimals and the display scale."""
     values = [float(r["mean"]) if r is not None else math.nan for r in rows]
-    scale, unit = 1.0, ""
+    scale, unit = _SCALE.get(canonical_metric(metric), (1.0, _UNITS.get(canonical_metric(metric), "")))
     if metric == MEMORY:
         unit, scale = _memory_unit(values)
     d = _decimals([v / scale for v in values], lowest=0 if metric == MEMORY else 1)
@@ -202,18 +248,21 @@ def _column_cells(
         mean, half = float(r["mean"]) / scale, float(r["ci_half"]) / scale
         notes = []
         dc = _cell_decimals(mean, d)
-        text = _fmt(mean, dc) if np.isfinite(mean) else "—"
-        if np.isfinite(mean) and np.isfinite(half):
-            text += f" ± {_fmt(half, dc)}"
+        mean_text = _fmt(mean, dc) if np.isfinite(mean) else "—"
+        ci_text = _fmt(half, dc) if np.isfinite(mean) and np.isfinite(half) else ""
+        text = mean_text + (f" ± {ci_text}" if ci_text else "")
         if r["source"] == "distribution":
             if common_gen is None and np.isfinite(r["n_gen"]):
                 notes.append(f"n={int(r['n_gen'])}/{int(r['n_ref'])}" if np.isfinite(r["n_ref"])
                              else f"n={int(r['n_gen'])}")
-        elif metric != MEMORY and (expected_n is None or int(r["n"]) != expected_n):
+        elif metric not in (MEMORY, SPEED) and (expected_n is None or int(r["n"]) != expected_n):
             notes.append(f"n={int(r['n'])}")
+        if r["source"] == "sidecar_warmup":
+            notes.append("incl. warm-up")
         if int(r["n_nan"]) and metric != MEMORY:
             notes.append(f"{int(r['n_nan'])} NaN")
-        cells.append(Cell(text=text, note=", ".join(notes), random=r["weights"] == "random", value=float(r["mean"])))
+        cells.append(Cell(text=text, note=", ".join(notes), random=r["weights"] == "random", value=float(r["mean"]),
+                          mean_text=mean_text, ci_text=ci_text))
     return cells, unit, d, scale
 
 
@@ -248,6 +297,34 @@ def distribution_caveats(task: str, rows: pd.DataFrame) -> list[str]:
     return notes
 
 
+def _n_warning(rows: Sequence[dict[str, Any] | None]) -> str:
+    """The warning-row text of one FID/KID column: its image counts when they differ between methods or any is
+    below FID_FULL_N, else ""."""
+    recs = [r for r in rows if r is not None and r["source"] == "distribution" and np.isfinite(r["n_gen"])]
+    gens = sorted({(int(r["n_gen"]), int(r["n_ref"]) if np.isfinite(r["n_ref"]) else None) for r in recs})
+    if not gens:
+        return ""
+    small = any(g < FID_FULL_N or (rf is not None and rf < FID_FULL_N) for g, rf in gens)
+    if len(gens) == 1 and not small:
+        return ""
+    text = ", ".join(f"{g}/{rf}" if rf is not None else str(g) for g, rf in gens)
+    return f"⚠ {text}" + (" differ" if len(gens) > 1 else "") + (f" <{FID_FULL_N}" if small else "")
+
+
+BOLD_RULE = (f"Bold: the best competing value, only where it is significantly better than the runner-up (per-image "
+             f"metrics: paired Wilcoxon signed-rank test, or paired permutation test for binary metrics, "
+             f"Holm-adjusted p < {ALPHA} over the column's pairs; s/img: non-overlapping 95% CIs); no bold on ties; "
+             "FID, KID and Mem (one value, no CI) are never bold.")
+REFERENCE_NOTE = "Rows below the rule are references (a copy of the input, an oracle): never bold."
+SPEED_NOTE = ("s/img: per-sample share of batch wall time, excluding the first batch after each model load "
+              "(warm-up; a cell says \"incl. warm-up\" where there was no other batch).")
+MEM_NOTE = ("Mem: the CUDA allocator's peak (torch.cuda.max_memory_allocated, reset before each batch), max over "
+            "batches.")
+CPU_MEM_NOTE = ("Mem: not shown for CPU runs: the only CPU figure is the whole process's resident set, which holds "
+                "every model loaded so far and the allocator's cached pages, so it depends on the run order rather "
+                "than on the method (run `benchmark.py perf` on CUDA for per-method memory).")
+
+
 def build_main_tables(
     summary: pd.DataFrame,
     run: Run | None = None,
@@ -256,11 +333,16 @@ def build_main_tables(
     n_boot: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    paired: pd.DataFrame | None = None,
+    references: Sequence[str] | None = None,
 ) -> list[Table]:
-    """One main table per task kind: rows = methods, columns = (task, metric) with arrows, then s/img and
-    memory; a "fail" column when any sample failed. `run` supplies method/task order, kinds, expected N per
-    task and failures (methods that failed entirely have no summary rows but still get a row of dashes).
-    `n_boot`, `confidence` and `seed` only word the footnote; they must match what built `summary`.
+    """One main table per task kind: rows = competing methods, then the reference rows below a rule; columns =
+    (task, metric) with arrows and units, then s/img and memory; a "fail" column when any sample failed.
+
+    `run` supplies method/task order, kinds, expected N per task, failures and reference rows (methods that failed
+    entirely have no summary rows but still get a row of dashes). `paired` (from `reports.stats.
+    paired_comparisons`) decides bolding; computed from `run.per_image` when None and a run is given. `references`
+    overrides the run's reference rows. `n_boot`, `confidence` and `seed` must match what built `summary`.
     """
     summary = summary if summary is not None else pd.DataFrame(columns=SUMMARY_COLUMNS)
     expected = run.expected_samples() if run is not None else {}
@@ -270,6 +352,14 @@ def build_main_tables(
     kind_of = run.kind if run is not None else (
         lambda t: str(summary.loc[summary["task"] == t, "kind"].iloc[0]) if (summary["task"] == t).any() else "other")
     method_order = run.methods if run is not None else sorted(summary["method"].unique())
+    refs = set(references if references is not None else
+               ([m for m in method_order if run.is_reference(m)] if run is not None else []))
+    method_order = [m for m in method_order if m not in refs] + [m for m in method_order if m in refs]
+    if paired is None and run is not None and not run.per_image.empty:
+        directions = {m: d for m, d in zip(summary["metric"], summary["direction"]) if isinstance(d, str)}
+        paired = paired_comparisons(run.per_image, directions=directions, methods=method_order, n_boot=n_boot,
+                                    confidence=confidence, seed=seed)
+    cpu_mem = run is not None and cpu_memory_measured(run.outputs)
     by_kind: dict[str, list[str]] = {}
     for t in tasks:
         by_kind.setdefault(kind_of(t), []).append(t)
@@ -290,8 +380,10 @@ def build_main_tables(
         multi = len(ktasks) > 1
         columns: list[Column] = []
         col_cells: list[list[Cell]] = []
+        warn_cells: list[Cell] = []
         group_titles: dict[str, str] = {}
         dist_notes: list[str] = []
+        ci_methods: set[str] = set()
         for task in ktasks:
             tsub = sub[sub["task"] == task]
             metrics = _metric_order(kind, list(dict.fromkeys(tsub["metric"])))
@@ -305,30 +397,47 @@ def build_main_tables(
                 cells, unit, d, scale = _column_cells(rows, metric, n_exp)
                 direction = next((r["direction"] for r in rows if r is not None and isinstance(r["direction"], str)),
                                  None)
-                _mark_best(cells, direction, d, scale)
-                label = metric_label(metric) + (f" ({unit})" if unit else "")
-                columns.append(Column(key=f"{task}/{metric}", label=label, arrow=ARROWS.get(direction or "", ""),
-                                      group=task if multi else ""))
+                _mark_best(cells, rows, methods, direction=direction, decimals=d, scale=scale, references=refs,
+                           task=task, metric=metric, paired=paired)
+                ci_methods |= {str(r.get("ci_method")) for r in rows if r is not None}
+                subs = [unit] if unit else []
+                gens = {(r["n_gen"], r["n_ref"]) for r in rows if r is not None and r["source"] == "distribution"
+                        and np.isfinite(r["n_gen"])}
+                if len(gens) == 1:  # FID/KID: N (generated) in the header when every method has the same
+                    subs.append(f"N={int(next(iter(gens))[0])}")
+                columns.append(Column(key=f"{task}/{metric}", label=metric_label(metric),
+                                      arrow=ARROWS.get(direction or "", ""), group=task if multi else "",
+                                      metric=metric, sub=", ".join(subs)))
                 col_cells.append(cells)
+                warn = _n_warning(rows)
+                warn_cells.append(Cell(text=warn or "", note="") if warn else Cell(text=""))
             dist_notes += distribution_caveats(task, tsub[tsub["method"].isin(methods)])
         if any(fails.get(m, 0) for m in methods):
             columns.append(Column(key="failed", label="fail"))
             col_cells.append([Cell(text=str(fails.get(m, 0)), value=float(fails.get(m, 0))) for m in methods])
+            warn_cells.append(Cell(text=""))
         rows_out = [(m, [cells[i] for cells in col_cells]) for i, m in enumerate(methods)]
+        ci_word = "BCa" if ci_methods <= {"BCa", "none", "nan"} else "BCa (percentile where BCa is degenerate)"
         notes = [
-            f"Mean ± half-width of the {confidence:.0%} percentile-bootstrap CI over samples (B={n_boot}, seed "
+            f"Mean ± half-width of the {confidence:.0%} {ci_word} bootstrap CI over samples (B={n_boot}, seed "
             f"{seed}); N = samples per task; (n=…) marks cells with fewer finite values; NaN = undefined values, "
-            "counted, not averaged.",
-            "Bold: best in column (↓ lower is better, ↑ higher is better); — : no value.",
+            "counted, not averaged; ↓ lower is better, ↑ higher is better; — : no value.",
+            BOLD_RULE,
+            *([REFERENCE_NOTE] if any(m in refs for m in methods) else []),
             *dist_notes,
         ]
-        if any(c.key.endswith(f"/{SPEED}") or c.key.endswith(f"/{MEMORY}") for c in columns):
-            notes.append("s/img: per-sample share of batch wall time; Mem: peak memory over the task's batches.")
+        if any(c.metric == SPEED for c in columns):
+            notes.append(SPEED_NOTE)
+        if any(c.metric == MEMORY for c in columns):
+            notes.append(MEM_NOTE)
+        elif cpu_mem:
+            notes.append(CPU_MEM_NOTE)
         if any(c.key == "failed" for c in columns):
             notes.append("fail: samples that failed to load, translate or save (listed in the report).")
+        footer = [("⚠ N gen/ref", warn_cells)] if any(c.text for c in warn_cells) else []
         table = Table(name=f"main_{_slug(kind)}", title=KIND_TITLES.get(kind, kind), columns=columns, rows=rows_out,
                       notes=notes, data=sub[sub["method"].isin(methods)].reset_index(drop=True),
-                      group_titles=group_titles)
+                      group_titles=group_titles, references=[m for m in methods if m in refs], footer=footer)
         if not multi:
             table.title += f": {group_titles[ktasks[0]]}"
         if table.has_random:
@@ -355,6 +464,8 @@ def build_perf_table(perf: pd.DataFrame, method_weights: dict[str, str] | None =
     for c in ("batch_size", "resolution", "latency_median_s", "latency_iqr_s", "throughput_img_s", "peak_mem_bytes",
               "network_time_s", "overhead"):
         df[c] = pd.to_numeric(df[c], errors="coerce") if c in df.columns else math.nan
+    cpu = df["device"].astype(str).str.startswith("cpu") if "device" in df.columns else pd.Series(False, df.index)
+    df.loc[cpu, "peak_mem_bytes"] = math.nan  # process RSS on CPU: not the method's own (see CPU_MEM_NOTE)
     df = df.sort_values(["method", "preset", "device", "resolution", "batch_size"], na_position="last",
                         ignore_index=True, key=lambda s: s.astype(str) if s.dtype == object else s)
     unit, scale = _memory_unit(df["peak_mem_bytes"].tolist())
@@ -394,6 +505,8 @@ def build_perf_table(perf: pd.DataFrame, method_weights: dict[str, str] | None =
                   notes=["latency: median over timed repeats ± half the interquartile range; img/s: throughput; "
                          "overhead: latency / time inside the networks' forward calls."],
                   data=perf.reset_index(drop=True))
+    if cpu.any():
+        table.notes.append(CPU_MEM_NOTE.replace("CPU runs", "CPU rows"))
     if table.has_random:
         table.notes.append(RANDOM_NOTE)
     return table
@@ -404,12 +517,16 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(s)).strip("_") or "x"
 
 
+def _full_label(c: Column) -> str:
+    return f"{c.label} ({c.sub})" if c.sub else c.label
+
+
 def _headers(t: Table) -> list[str]:
-    return [f"{c.group} · {c.label}" if c.group else c.label for c in t.columns]
+    return [f"{c.group} · {_full_label(c)}" if c.group else _full_label(c) for c in t.columns]
 
 
 def _label(c: Column) -> str:
-    return f"{c.label} {c.arrow}".rstrip()
+    return f"{_full_label(c)} {c.arrow}".rstrip()
 
 
 def to_csv(t: Table) -> str:
@@ -422,14 +539,17 @@ def _md_escape(s: str) -> str:
 
 
 def to_markdown(t: Table, *, heading: str | None = "###") -> str:
-    """GitHub-flavoured Markdown: an optional heading, the table (one row per method), footnotes as a list."""
+    """GitHub-flavoured Markdown: an optional heading, the table (one row per method; reference rows after a
+    "*reference*" divider row, warning rows last), footnotes as a list."""
     heads = [t.row_header] + [f"{h} {c.arrow}".rstrip() for h, c in zip(_headers(t), t.columns)]  # task · label ↓
     lines = []
     if heading:
         lines += [f"{heading} {_md_escape(t.title)}", ""]
     lines.append("| " + " | ".join(_md_escape(h) for h in heads) + " |")
     lines.append("|:---|" + "|".join("---:" for _ in t.columns) + "|")
-    for label, cells in t.rows:
+    blank = [""] * len(t.columns)
+
+    def md_row(label: str, cells: Sequence[Cell]) -> str:
         out = []
         for c in cells:
             s = _md_escape(c.text)
@@ -440,7 +560,14 @@ def to_markdown(t: Table, *, heading: str | None = "###") -> str:
             if c.note:
                 s += f" ({_md_escape(c.note)})"
             out.append(s)
-        lines.append("| " + " | ".join([_md_escape(label)] + out) + " |")
+        return "| " + " | ".join([_md_escape(label)] + out) + " |"
+
+    for label, cells in t.rows:
+        if label in t.references and label == t.references[0]:
+            lines.append("| " + " | ".join(["*reference*", *blank]) + " |")
+        lines.append(md_row(label, cells))
+    for label, cells in t.footer:
+        lines.append(md_row(label, cells))
     if t.notes:
         lines.append("")
         lines += [f"- {_md_escape(n)}" for n in t.notes]
@@ -451,31 +578,85 @@ _LATEX_CHARS = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
     "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "†": r"$^\dagger$",
     "↓": r"$\downarrow$", "↑": r"$\uparrow$", "—": "---", "…": r"\ldots{}", "·": r"$\cdot$", "<": r"\textless{}",
-    ">": r"\textgreater{}",
+    ">": r"\textgreater{}", "×": r"$\times$", "³": r"$^3$", "⚠": r"(!)", "→": r"$\rightarrow$", "≥": r"$\geq$",
 }
 
 
 def latex_escape(s: str) -> str:
-    """Escape LaTeX specials (_ & % $ # { } ~ ^ \\) and spell the symbols the tables use (± † ↓ ↑ —)."""
+    """Escape LaTeX specials (_ & % $ # { } ~ ^ \\) and spell the symbols the tables use (± † ↓ ↑ — × ³)."""
     return "".join(_LATEX_CHARS.get(ch, ch) for ch in str(s))
 
 
-def to_latex(t: Table, *, label: str | None = None) -> str:
-    """A booktabs `table` environment (toprule/midrule/bottomrule, task groups with cmidrule), footnotes
-    below; needs `\\usepackage{booktabs}`."""
-    ncol = len(t.columns)
+LATEX_PACKAGES = ("booktabs", "graphicx")
+# LaTeX's two-column article (10 pt) sets \textwidth 469 pt and \columnwidth 229.5 pt (conference classes are
+# close: 505 / 241 pt). Tables whose estimated natural width exceeds COLUMN_PT become `table*` (full text width);
+# any table still wider than its float is scaled down to fit by the emitted code itself (it measures the tabular
+# in a box first), so the estimate only picks the float.
+COLUMN_PT = 229.0
+
+
+def _latex_cell(c: Cell, ci: bool) -> str:
+    if c.mean_text:
+        s = latex_escape(c.mean_text)
+        if c.best:
+            s = f"\\textbf{{{s}}}"
+        if ci and c.ci_text:
+            s += f"{{\\scriptsize$\\pm${latex_escape(c.ci_text)}}}"
+    else:
+        s = latex_escape(c.text)
+        if c.best:
+            s = f"\\textbf{{{s}}}"
+    if c.random:
+        s += "$^\\dagger$"
+    if c.note:
+        s += f"{{\\scriptsize\\,({latex_escape(c.note)})}}"
+    return s
+
+
+def _latex_width_estimate(header: Sequence[str], rows: Sequence[Sequence[str]]) -> float:
+    """A rough natural width (pt) of the tabular at \\footnotesize: ~4.4 pt per visible character plus the
+    column separation; only decides `table` vs `table*` (the emitted code scales what still does not fit)."""
+    def visible(s: str) -> int:
+        s = re.sub(r"\\scriptsize|\\textbf|\\,|\$\^\\dagger\$|\$\\pm\$", "x", s)
+        return len(re.sub(r"[{}$\\]", "", s))
+
+    cols = [list(col) for col in zip(header, *rows)] if rows else [[h] for h in header]
+    return sum(4.4 * max(visible(x) for x in col) + 12.0 for col in cols)
+
+
+def to_latex(t: Table, *, label: str | None = None, ci: bool = True, speed: bool = True, memory: bool = True,
+             wide: bool | None = None) -> str:
+    """A booktabs table that fits a two-column article: `table` when it fits one column, `table*` otherwise
+    (`wide` forces either), numbers right-aligned, cells "mean{\\scriptsize ±ci}" (`ci=False` drops the CI),
+    s/img and memory columns optional (`speed`, `memory`), reference rows below a \\midrule, FID/KID warning rows
+    below another; the tabular is measured in a box and scaled down to \\linewidth only when wider. Needs
+    \\usepackage{booktabs,graphicx} (named in the first line)."""
+    keep = [j for j, c in enumerate(t.columns)
+            if not ((c.metric == SPEED and not speed) or (c.metric == MEMORY and not memory))]
+    columns = [t.columns[j] for j in keep]
+    ncol = len(columns)
+    head = [latex_escape(t.row_header)] + [latex_escape(f"{c.label} {c.arrow}".rstrip()) for c in columns]
+    subs = [""] + [f"{{\\scriptsize {latex_escape(c.sub)}}}" if c.sub else "" for c in columns]
+    body = [[latex_escape(lbl)] + [_latex_cell(cells[j], ci) for j in keep] for lbl, cells in t.rows]
+    foot = [[latex_escape(lbl)] + [_latex_cell(cells[j], ci) for j in keep] for lbl, cells in t.footer]
+    if wide is None:
+        wide = _latex_width_estimate(head, [*body, *foot, subs]) > COLUMN_PT
+    env = "table*" if wide else "table"
     out = [
-        "% Generated by i2i-zoo reports; needs \\usepackage{booktabs}.",
-        "\\begin{table}[t]",
+        f"% Generated by i2i-zoo reports; needs \\usepackage{{{','.join(LATEX_PACKAGES)}}}.",
+        f"\\begin{{{env}}}[t]",
         "\\centering",
-        "\\small",
+        "\\footnotesize",
+        "\\setlength{\\tabcolsep}{3pt}",
         f"\\caption{{{latex_escape(t.title)}}}",
         f"\\label{{{label or 'tab:' + t.name}}}",
-        "\\begin{tabular}{l" + "c" * ncol + "}",
+        "\\ifdefined\\izootable\\else\\newsavebox{\\izootable}\\fi",
+        "\\global\\sbox{\\izootable}{%",
+        "\\begin{tabular}{l" + "r" * ncol + "}",
         "\\toprule",
     ]
     groups: list[tuple[str, int]] = []
-    for c in t.columns:
+    for c in columns:
         if groups and groups[-1][0] == c.group:
             groups[-1] = (c.group, groups[-1][1] + 1)
         else:
@@ -491,31 +672,31 @@ def to_latex(t: Table, *, label: str | None = None) -> str:
             col += n
         out.append(" & ".join(cells) + " \\\\")
         out.append(" ".join(rules))
-    out.append(" & ".join([latex_escape(t.row_header)] + [latex_escape(_label(c)) for c in t.columns]) + " \\\\")
+    out.append(" & ".join(head) + " \\\\")
+    if any(subs):
+        out.append(" & ".join(subs) + " \\\\")
     out.append("\\midrule")
-    for label_, cells in t.rows:
-        row = [latex_escape(label_)]
-        for c in cells:
-            s = latex_escape(c.text)
-            if c.best:
-                s = f"\\textbf{{{s}}}"
-            if c.random:
-                s += "$^\\dagger$"
-            if c.note:
-                s += f" {{\\scriptsize ({latex_escape(c.note)})}}"
-            row.append(s)
+    for (lbl, _), row in zip(t.rows, body):
+        if t.references and lbl == t.references[0] and lbl != t.rows[0][0]:
+            out.append("\\midrule")
         out.append(" & ".join(row) + " \\\\")
-    out += ["\\bottomrule", "\\end{tabular}"]
+    if foot:
+        out.append("\\midrule")
+        out += [" & ".join(row) + " \\\\" for row in foot]
+    out += ["\\bottomrule", "\\end{tabular}}",
+            "\\ifdim\\wd\\izootable>\\linewidth\\resizebox{\\linewidth}{!}{\\usebox{\\izootable}}"
+            "\\else\\usebox{\\izootable}\\fi"]
     if t.notes:
-        out.append("\\par\\smallskip{\\footnotesize\\raggedright")
+        out.append("\\par\\smallskip{\\scriptsize\\raggedright")
         out += [latex_escape(n) + "\\par" for n in t.notes]
         out.append("}")
-    out.append("\\end{table}")
+    out.append(f"\\end{{{env}}}")
     return "\n".join(out) + "\n"
 
 
-def to_html(t: Table) -> str:
-    """An HTML <table> (two header rows when tasks are grouped) with footnotes, for the self-contained page."""
+def to_html(t: Table, *, skip_notes: Sequence[str] = ()) -> str:
+    """An HTML <table> (two header rows when tasks are grouped; reference and warning rows in their own <tbody>
+    below a rule) with footnotes (less `skip_notes`, which a page shows once for all its tables)."""
     e = html.escape
     out = [f'<table class="results" id="{e(t.name)}">', "<thead>"]
     groups: list[tuple[str, int]] = []
@@ -533,34 +714,108 @@ def to_html(t: Table) -> str:
     else:
         out.append(f"<tr><th>{e(t.row_header)}</th>" + "".join(f"<th>{e(_label(c))}</th>" for c in t.columns)
                    + "</tr>")
-    out += ["</thead>", "<tbody>"]
-    for label, cells in t.rows:
+    out.append("</thead>")
+
+    def tr(label: str, cells: Sequence[Cell]) -> str:
         tds = []
         for c in cells:
-            s = e(c.text)
+            s = e(c.mean_text) if c.mean_text else e(c.text)
             if c.best:
                 s = f"<strong>{s}</strong>"
+            if c.mean_text and c.ci_text:
+                s += f'<span class="ci"> ± {e(c.ci_text)}</span>'
             if c.random:
                 s += f'<sup class="rand" title="random weights">{DAGGER}</sup>'
             if c.note:
                 s += f" <small>({e(c.note)})</small>"
             tds.append(f"<td>{s}</td>")
-        out.append(f'<tr><th class="row">{e(label)}</th>' + "".join(tds) + "</tr>")
-    out += ["</tbody>", "</table>"]
-    if t.notes:
-        out.append('<ul class="notes">' + "".join(f"<li>{e(n)}</li>" for n in t.notes) + "</ul>")
+        return f'<tr><th class="row">{e(label)}</th>' + "".join(tds) + "</tr>"
+
+    main = [(lbl, cells) for lbl, cells in t.rows if lbl not in t.references]
+    refs = [(lbl, cells) for lbl, cells in t.rows if lbl in t.references]
+    for cls, block in (("", main), ("ref", refs), ("warn", t.footer)):
+        if block:
+            out.append(f'<tbody class="{cls}">' if cls else "<tbody>")
+            out += [tr(lbl, cells) for lbl, cells in block]
+            out.append("</tbody>")
+    out.append("</table>")
+    notes = [n for n in t.notes if n not in skip_notes]
+    if notes:
+        out.append('<ul class="notes">' + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
     return "\n".join(out) + "\n"
 
 
-def write_tables(tables: Sequence[Table], out_dir: str | Path, *, summary: pd.DataFrame | None = None) -> list[Path]:
+def _g(x: Any) -> str:
+    """Three significant digits (paired-statistics cells); — for NaN."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    return "—" if not np.isfinite(v) else f"{v:.3g}"
+
+
+def paired_rows(paired: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """(headers, formatted rows) of the paired-comparison table, in the frame's order."""
+    headers = ["task", "metric", "A", "B", "n", "mean A − B", "95% CI", "test", "p", "p (Holm)", "better"]
+    rows = []
+    for r in paired.to_dict("records"):
+        ci = f"[{_g(r['diff_lo'])}, {_g(r['diff_hi'])}]" + (" (pct)" if r["ci_method"] == "percentile" else "")
+        rows.append([str(r["task"]), metric_label(str(r["metric"])), str(r["method_a"]), str(r["method_b"]),
+                     str(int(r["n"])), _g(r["diff"]), ci, str(r["test"]), _g(r["p"]), _g(r["p_holm"]),
+                     str(r["better"]) or "—"])
+    return headers, rows
+
+
+PAIRED_NOTE = ("Paired by sample id on every task and per-image metric: mean difference A − B with its 95% BCa "
+               "bootstrap CI (\"pct\": percentile, where BCa is degenerate), two-sided p from the Wilcoxon "
+               "signed-rank test (zero differences dropped), or from the paired permutation test of the mean "
+               "(random sign flips) for binary metrics and where Wilcoxon is undefined; p (Holm): Holm-adjusted "
+               f"over the pairs of one task and metric; better: the significantly better method (p (Holm) < {ALPHA})"
+               ", — when none.")
+WINS_NOTE = ("Row method vs column method: wins / ties / losses over the (task, metric) comparisons both ran; a win "
+             f"is significantly better after Holm's correction (p < {ALPHA}), a tie is no significant difference.")
+
+
+def paired_markdown(paired: pd.DataFrame, wins: pd.DataFrame) -> str:
+    """The wins/ties/losses matrix and the full paired-comparison table as Markdown."""
+    e = _md_escape
+    out = ["### Wins / ties / losses", "", WINS_NOTE, ""]
+    if wins is not None and not wins.empty:
+        out.append("| method | " + " | ".join(e(c) for c in wins.columns) + " |")
+        out.append("|:---|" + "|".join("---:" for _ in wins.columns) + "|")
+        out += ["| " + " | ".join([e(m), *(e(v) for v in row)]) + " |" for m, row in zip(wins.index,
+                                                                                           wins.to_numpy())]
+    else:
+        out.append("No pairs of methods share samples.")
+    out += ["", "### Paired differences", "", PAIRED_NOTE, ""]
+    headers, rows = paired_rows(paired) if paired is not None else ([], [])
+    if rows:
+        out.append("| " + " | ".join(e(h) for h in headers) + " |")
+        out.append("|" + "|".join(":---" if i < 4 or i == 7 else "---:" for i in range(len(headers))) + "|")
+        out += ["| " + " | ".join(e(c) for c in r) + " |" for r in rows]
+    else:
+        out.append("None.")
+    return "\n".join(out) + "\n"
+
+
+def write_tables(tables: Sequence[Table], out_dir: str | Path, *, summary: pd.DataFrame | None = None,
+                 paired: pd.DataFrame | None = None, wins: pd.DataFrame | None = None) -> list[Path]:
     """Write each table as `<name>.csv` (raw numbers), `.md` and `.tex` under `out_dir` (atomically), plus
-    `summary.csv` (every method x task x metric) when `summary` is given. Returns the written paths."""
+    `summary.csv` (every method x task x metric) when `summary` is given, and `paired.csv` / `wins.csv` /
+    `paired.md` (the paired statistics) when `paired` is given. Returns the written paths."""
     out = Path(out_dir)
     paths = []
     if summary is not None:
         p = out / "summary.csv"
         atomic_write_text(p, summary.to_csv(index=False, lineterminator="\n"))
         paths.append(p)
+    if paired is not None:
+        wins = wins if wins is not None else pd.DataFrame()
+        for name, text in (("paired.csv", paired.to_csv(index=False, lineterminator="\n")),
+                           ("wins.csv", wins.to_csv(lineterminator="\n")),
+                           ("paired.md", paired_markdown(paired, wins))):
+            atomic_write_text(out / name, text)
+            paths.append(out / name)
     for t in tables:
         for ext, text in (("csv", to_csv(t)), ("md", to_markdown(t)), ("tex", to_latex(t))):
             p = out / f"{t.name}.{ext}"

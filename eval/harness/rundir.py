@@ -5,6 +5,7 @@ from __future__ import annotations
 MANIFEST = "manifest.json"  # provenance: command, run config, versions, device, methods' resolved configs
 OUTPUTS = "outputs"  # outputs/<row label>/<task>/<sample>.png + <sample>.json (the sidecar with the cache key)
 INPUTS = "inputs"  # inputs/<task>/<sample>[.condition|.reference|.target|.mask].png: the prepared inputs
+PROMPTS_JSON = "prompts.json"  # inputs/<task>/prompts.json: {sample: {"src": ..., "tgt": ...}} (text-guided tasks)
 FAILURES = "failures"  # failures/<row label>/<task>/<sample>.json: error + traceback of what failed
 METRICS = "metrics"  # metrics/per_image.csv, distribution.csv, metric_info.json
 PER_IMAGE_CSV = "per_image.csv"

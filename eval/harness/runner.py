@@ -40,6 +40,7 @@ from eval.harness.rundir import (
     METRICS,
     OUTPUTS,
     PER_IMAGE_CSV,
+    PROMPTS_JSON,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -229,6 +230,11 @@ def _save_inputs(run_dir: Path, task: str, samples: Sequence[Any]) -> None:
             path = run_dir / INPUTS / task / f"{s.id}{suffix}.png"
             if img is not None and not path.exists():
                 save_png(to_tensor(img)[0], path)
+    prompts = {s.id: {"src": s.src_prompt, "tgt": s.tgt_prompt} for s in samples if s.src_prompt or s.tgt_prompt}
+    if prompts:  # shown over the text-guided grids of the report
+        from eval.store import atomic_write_json
+
+        atomic_write_json(run_dir / INPUTS / task / PROMPTS_JSON, prompts)
 
 
 def _batches(items: list[WorkItem], batch_size: int) -> list[list[WorkItem]]:
@@ -425,6 +431,7 @@ def _start_manifest(cfg: RunConfig, tasks: dict[str, tuple[Any, list[Any]]], pla
             **({"fixes": list(card.fixes)} if card.fixes else {}),
             **({"variants": dict(card.variants)} if card.variants else {}),
             **({"variants_on": card.active_variants(v.config)} if card.active_variants(v.config) else {}),
+            **({"reference": True} if card.reference else {}),
         }
     atomic_write_json(cfg.out / MANIFEST, manifest)
     return manifest
