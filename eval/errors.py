@@ -35,3 +35,28 @@ class RunLockedError(ZooError):
 
 class RunNotFoundError(ZooError, FileNotFoundError):
     """A directory that is not a run directory (no manifest.json) where one is needed."""
+
+
+class PluginError(ZooError):
+    """A plugin module named in I2I_ZOO_PLUGINS that is missing or fails to import."""
+
+
+def without_unsafe_advice(text: str) -> str:
+    """`text` without advice to turn off safe checkpoint loading (PyTorch's refusal messages suggest
+    `weights_only=False`, i.e. running code from the file, or allow-listing its globals): such lines and sentences
+    are replaced by a pointer to the safe way."""
+    import re
+
+    unsafe = re.compile(r"weights_only[`'\"]?\s*(=|set to|to)\s*[`'\"]?False|add_safe_globals|safe_globals\(|"
+                        r"can still be loaded", re.IGNORECASE)
+    kept, dropped = [], False
+    for line in str(text).splitlines():
+        parts = re.split(r"(?<=[.!?])\s+", line)
+        good = [p for p in parts if not unsafe.search(p)]
+        dropped |= len(good) < len(parts)
+        if good:
+            kept.append(" ".join(good))
+    out = "\n".join(kept)
+    if dropped:
+        out += " (the file needs code to load; use a .safetensors or plain state-dict file instead)"
+    return out

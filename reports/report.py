@@ -16,6 +16,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -295,8 +296,9 @@ def _figure_sections(data: ReportData) -> list[tuple[str, str, Path]]:
 
 # ----------------------------------------------------------------------------------------------- markdown
 def _md(s: Any) -> str:
-    return str(s).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("*", "\\*").replace(
-        "_", "\\_").replace("<", "&lt;")
+    from reports.tables import _md_escape
+
+    return _md_escape(s)
 
 
 def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -340,9 +342,9 @@ def render_markdown(data: ReportData) -> str:
         current = None
         for section, caption, png in sections:
             if section != current:
-                out += [f"### {section}", ""]
+                out += [f"### {_md(section)}", ""]
                 current = section
-            rel = png.relative_to(run.root).as_posix()
+            rel = quote(png.relative_to(run.root).as_posix())  # task and row names: a link target, never syntax
             link = f" ([PDF]({rel[:-4]}.pdf))" if png.with_suffix(".pdf").is_file() else ""
             out += [f"**{_md(caption)}**{link}", "", f"![{_md(caption)}]({rel})", ""]
 

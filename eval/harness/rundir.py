@@ -15,3 +15,8 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 LOCK = "run.lock"
 INPUT_FAILURES = "_inputs"  # failures/_inputs/<task>/<sample>.json: input files that could not be read
+MARKER = ".i2i-zoo-run"  # written by the tool into every run directory it creates; report and cleanups need it
+LOCK_GUARD = ".run.lock.guard"  # an OS file lock serialising the check-and-take-over of run.lock
+INPUT_INDEX = "index.json"  # inputs/<task>/index.json: the content hash every prepared input was written from
+#: The folders and files of a run directory the tool writes (a cleanup looks nowhere else).
+OWN_DIRS = (INPUTS, OUTPUTS, FAILURES, METRICS, "tables", "figures", "perf")
