@@ -476,6 +476,8 @@ def _start_manifest(cfg: RunConfig, tasks: dict[str, tuple[Any, list[Any]]], pla
 def _generate(plan: MethodPlan, mine: list[WorkItem], cfg: RunConfig, device: str,
               tasks: dict[str, tuple[Any, list[Any]]], make_input: Any) -> None:
     """Load the variant's model once and translate this process's share of its pending samples."""
+    from eval.errors import without_unsafe_advice
+
     tqdm = _tqdm(cfg.quiet)
     run_dir = cfg.out
     v = plan.variant
@@ -487,7 +489,7 @@ def _generate(plan: MethodPlan, mine: list[WorkItem], cfg: RunConfig, device: st
     except BaseException as err:  # noqa: BLE001 - SystemExit from a plugin's loader is its failure, not the run's
         for it in mine:
             _record_failure(run_dir, it, "load", err)
-        _log(cfg, f"{plan.name}: failed to load: {type(err).__name__}: {err}", err=True)
+        _log(cfg, f"{plan.name}: failed to load: {type(err).__name__}: {without_unsafe_advice(str(err))}", err=True)
         return
     by_task: dict[str, list[WorkItem]] = {}
     for it in mine:
