@@ -5,7 +5,8 @@
   so `--out .` or `report ~/photos` never writes into or deletes from a user's folder.
 - `clean_stale_temps`: only the temporary files of the project's own naming (`eval.store.TMP_PATTERN`), only in the
   folders the tool writes.
-- `inside`: a path built from a user-supplied name (method row label, task name, sample id) must stay in its folder.
+- `check_name`: a user-supplied name that becomes a folder (method row label, plugin name, task name) stays inside
+  the run directory (sample ids are checked by `datasets.images.safe_sample_id`).
 - `check_limits`: bounds on resolution and step counts (a typo like 12000 or 1e8 would run for days), lifted by
   `allow_large`.
 - `output_range_error`: a method's output outside [0, 1] beyond rounding is a failure with the observed range,
@@ -101,13 +102,6 @@ def clean_stale_temps(run_dir: Path) -> int:
         if p.is_file() and not p.is_symlink():
             p.unlink(missing_ok=True)
     return len(found)
-
-
-def inside(base: Path, path: Path, what: str) -> Path:
-    """`path`, after checking it stays inside `base` (symlinks and `..` resolved); ConfigError otherwise."""
-    if not Path(path).resolve().is_relative_to(Path(base).resolve()):
-        raise ConfigError(f"{what} would write to {path}, outside {base}; rename it (no '..', '/' or absolute path)")
-    return path
 
 
 def check_name(name: str, what: str) -> None:
