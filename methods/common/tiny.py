@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -181,22 +182,22 @@ def _file_sums(root: Path) -> dict[str, str]:
             if p.is_file() and p.name not in (SUMS, ".complete")}
 
 
-def _verified(dest: Path) -> bool:
-    """A complete preset whose files match the sums written when it was built. A preset built before sums
-    existed gets them now (trusted on first use). Edited, added or missing files: False, with a message."""
+def _matches(dest: Path) -> bool:
+    """A complete preset whose files are exactly those whose sums were written when it was built."""
     from eval.store import read_json
 
+    return (dest / ".complete").exists() and read_json(dest / SUMS) == _file_sums(dest)
+
+
+def _verified(dest: Path) -> bool:
+    """`_matches`, saying why not when a complete preset fails it (edited, damaged, or built before checksums)."""
     if not (dest / ".complete").exists():
         return False
-    sums = read_json(dest / SUMS)
-    if sums is None:
-        (dest / SUMS).write_text(json.dumps(_file_sums(dest), indent=1))
+    if _matches(dest):
         return True
-    if sums == _file_sums(dest):
-        return True
-    print(f"tiny preset {dest} does not match the checksums written when it was built (edited or damaged); "
-          "rebuilding it", file=sys.stderr, flush=True)
-    shutil.rmtree(dest, ignore_errors=True)
+    why = "has no checksums (built by an older version)" if not (dest / SUMS).exists() else \
+        "does not match the checksums written when it was built (edited or damaged)"
+    print(f"tiny preset {dest} {why}; rebuilding it", file=sys.stderr, flush=True)
     return False
 
 
@@ -229,10 +230,17 @@ def build_once(dest: Path, builder: Callable[[Path], None], label: str) -> Path:
         (tmp / ".complete").write_text(label + "\n")
         try:
             tmp.rename(dest)
-        except OSError:  # another process finished first (or a stale incomplete dir): keep a complete one
-            if not (dest / ".complete").exists():
-                shutil.rmtree(dest, ignore_errors=True)
-                tmp.rename(dest)
+        except OSError:  # another process finished first (keep it), or an old, edited or incomplete copy (swap)
+            if not _matches(dest):
+                old = dest.with_name(f".{dest.name}-old-{os.getpid()}")
+                try:
+                    dest.rename(old)
+                    tmp.rename(dest)
+                except OSError:  # a concurrent builder swapped first
+                    pass
+                shutil.rmtree(old, ignore_errors=True)
+            if not _matches(dest):
+                raise RuntimeError(f"could not put the tiny preset in place at {dest}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
