@@ -319,6 +319,8 @@ def test_resolution_and_step_bounds_need_allow_large(tmp_path, capsys):
     with pytest.raises(ConfigError, match="--allow-large"):
         check_limits(12000, {}, allow_large=False)
     check_limits(12000, {"m": {"num_inference_steps": 10**8}}, allow_large=True)
+    with pytest.raises(ConfigError, match="not a finite number"):
+        check_limits(None, {"m": {"guidance_scale": float("inf")}}, allow_large=True)
     args = ["--methods", "sdedit", "--tasks", "sample-edit", "--out", str(tmp_path / "r")]
     assert benchmark.main([*args, "--set", "sdedit.num_inference_steps=100000000"]) == 2
     assert "above 1000" in capsys.readouterr().err

@@ -171,6 +171,9 @@ def read_run_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"cannot read the run file {p}: {err.strerror or err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"run file {p} is not valid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"run file {p} is nested too deeply to read; a run file is a flat mapping of "
+                          f"{', '.join(RUN_KEYS)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -7,8 +7,8 @@
   folders the tool writes.
 - `check_name`: a user-supplied name that becomes a folder (method row label, plugin name, task name) stays inside
   the run directory (sample ids are checked by `datasets.images.safe_sample_id`).
-- `check_limits`: bounds on resolution and step counts (a typo like 12000 or 1e8 would run for days), lifted by
-  `allow_large`.
+- `check_limits`: no NaN/inf option; bounds on resolution and step counts (a typo like 12000 or 1e8 would run for
+  days), lifted by `allow_large`.
 - `output_range_error`: a method's output outside [0, 1] beyond rounding is a failure with the observed range,
   never silently clamped.
 - `batch_timeout`: the per-batch `--timeout`.
@@ -113,7 +113,17 @@ def check_name(name: str, what: str) -> None:
 
 
 def check_limits(resolution: int | None, configs: dict[str, dict[str, Any]], allow_large: bool) -> None:
-    """--resolution and every `*steps*` option within bounds, unless `allow_large`."""
+    """No option is NaN or infinite; --resolution and every `*steps*` option within bounds, unless `allow_large`."""
+
+    def floats(v: Any) -> list[float]:
+        if isinstance(v, float):
+            return [v]
+        return [x for item in v for x in floats(item)] if isinstance(v, (list, tuple)) else []
+
+    for label, config in configs.items():
+        for key, value in config.items():
+            if any(not math.isfinite(x) for x in floats(value)):
+                raise ConfigError(f"{label}: {key}={value!r} is not a finite number; pass a finite value")
     if allow_large:
         return
     if resolution is not None and resolution > MAX_RESOLUTION:
