@@ -12,10 +12,13 @@ a `ZooError` and is printed on one line with exit status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
 SUBCOMMANDS = ("run", "rerun", "list", "report", "perf", "assets", "train", "data")
 
 
@@ -95,8 +98,10 @@ def _figure_formats(flag: str | None, run_dir: Path) -> list[str]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from eval.harness.safety import require_run_dir
     from reports import write_report
 
+    require_run_dir(Path(args.run_dir), "report")  # never writes report.md / tables/ into a foreign folder
     md, html = write_report(Path(args.run_dir), figure_formats=_figure_formats(args.figures, Path(args.run_dir)))
     print(f"report: {md}\n        {html}")
     return 0
@@ -122,7 +127,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
     print(f"perf on {device_name(args.device)}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(perf_table(df))
     print(f"results: {(Path(args.out) / PERF_CSV).resolve()}")
-    if (Path(args.out) / MANIFEST).exists():
+    if (Path(args.out) / MANIFEST).exists():  # a run directory (perf checked its marker)
         from reports import write_report
 
         write_report(Path(args.out), figure_formats=_figure_formats(None, Path(args.out)))
@@ -182,8 +187,10 @@ def _parser() -> argparse.ArgumentParser:
                                     "flags override it")
     p.add_argument("--print-config", action="store_true",
                    help="print the fully resolved run file (checked, nothing run) and exit")
-    p.add_argument("--methods", nargs="+", help="registered method names (default: all that fit the tasks)")
-    p.add_argument("--tasks", nargs="+", help="task names or folders (default: the bundled sample suite)")
+    p.add_argument("--methods", nargs="+", action="extend",
+                   help="registered method names (default: all that fit the tasks); repeated flags add up")
+    p.add_argument("--tasks", nargs="+", action="extend",
+                   help="task names or folders (default: the bundled sample suite); repeated flags add up")
     p.add_argument("--preset", help="weights preset of every method: tiny (default) | paper | ...")
     p.add_argument("--weights", help="local dir/file or hub id overriding the preset (one method only)")
     p.add_argument("--device", help="cpu (default) | cuda | cuda:N | mps")
@@ -193,7 +200,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, help="at most this many samples per task")
     p.add_argument("--resolution", type=int, help="resize+center-crop every sample to this size")
     p.add_argument("--out", help="run directory (default: runs/default)")
-    p.add_argument("--set", nargs="+", metavar="METHOD.OPTION=VALUE",
+    p.add_argument("--set", nargs="+", action="extend", metavar="METHOD.OPTION=VALUE",
                    help="a method option; comma-separated values sweep it (sdedit.strength=0.3,0.5,0.7)")
     p.add_argument("--no-eval", dest="evaluate", action="store_const", const=False,
                    help="generate only: skip metrics and the report")
@@ -206,6 +213,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="CPU threads per process (default: OMP_NUM_THREADS, else 1 on tiny presets, else usable "
                         "cores / local processes)")
     p.add_argument("--quiet", action="store_const", const=True, help="no progress bars")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="stop a batch that runs longer and record it as a failure of phase 'timeout' (default: none)")
+    p.add_argument("--allow-large", action="store_const", const=True,
+                   help="accept --resolution above 4096 and step counts above 1000")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("rerun", help="replay a run from its manifest into a new directory")
@@ -226,7 +237,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("perf", help="latency, throughput, peak memory and overhead ratio per method",
                        formatter_class=fmt)
-    p.add_argument("--methods", nargs="+", help="method names (default: all)")
+    p.add_argument("--methods", nargs="+", action="extend", help="method names (default: all)")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
@@ -235,7 +246,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, help="CPU threads (default: as for run)")
-    p.add_argument("--set", nargs="+", metavar="METHOD.OPTION=VALUE")
+    p.add_argument("--set", nargs="+", action="extend", metavar="METHOD.OPTION=VALUE")
     p.add_argument("--out", default="runs/default", help="writes OUT/perf/perf.csv (and updates OUT's report)")
     p.set_defaults(func=cmd_perf)
 
@@ -251,7 +262,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weights")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--set", nargs="+", metavar="METHOD.OPTION=VALUE")
+    p.add_argument("--set", nargs="+", action="extend", metavar="METHOD.OPTION=VALUE")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("data", help="download a known public dataset (user action, needs network)")
@@ -265,20 +276,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) stops like Ctrl-C: a message, resumable
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help"):
         argv.insert(0, "run")  # `python benchmark.py --methods a b` is `python benchmark.py run --methods a b`
     args = _parser().parse_args(argv)
-    from eval.errors import ZooError
+    from eval.errors import ZooError, without_unsafe_advice
 
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted: finished outputs are kept; run the same command again to resume", file=sys.stderr)
         return 130
     except ZooError as err:  # a user mistake: the message names the fix, no traceback
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {without_unsafe_advice(str(err))}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in _DISK_ERRORS:
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"error: cannot write{where}: {err.strerror}. Free some space or pass a writable --out; finished "
+              "outputs are kept, run the same command again to resume", file=sys.stderr)
         return 2
 
 

@@ -67,6 +67,8 @@ def load_image(
         raise DataError(f"image file not found: {p}. Check the path (and that the folder layout is the expected one).")
     if p.is_dir():
         raise DataError(f"expected an image file but {p} is a folder.")
+    if not p.is_file():  # a FIFO, socket or device named *.png: opening it could block forever
+        raise DataError(f"{p} is not a regular file (a pipe, socket or device); replace it with an image file.")
     try:
         size = p.stat().st_size
     except OSError as e:
@@ -91,6 +93,11 @@ def load_image(
         ) from e
     except OSError as e:
         raise DataError(f"cannot read image {p}: {e}. Check the file's permissions.") from e
+    except Exception as e:  # e.g. ValueError: a text or ICC chunk that decompresses past Pillow's safety limit
+        raise DataError(
+            f"image {p} cannot be opened safely ({type(e).__name__}: {e}). Re-export it as a plain PNG or JPEG, "
+            "or remove it from the folder."
+        ) from e
     with im:
         w, h = im.size
         if w * h > max_pixels:

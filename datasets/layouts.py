@@ -142,7 +142,9 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
         (p for p in folder.iterdir() if not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS),
         key=lambda p: p.name,
     )
-    files = [p for p in files if p.is_file()]
+    # not only regular files: a dangling symlink or a FIFO named *.png is a sample whose reading fails, and is
+    # recorded as such, rather than vanishing from the task without a word
+    files = [p for p in files if not p.is_dir()]
     stems: dict[str, Path] = {}
     for p in files:
         if p.stem in stems:
@@ -199,6 +201,9 @@ def _read_json(path: Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is not valid JSON: {e}. Fix the file (a JSON object: file name -> prompt).") from e
+    except RecursionError:
+        raise DataError(f"{path} is nested too deeply to read; a prompts file is a flat JSON object "
+                        "(file name -> prompt or {src, tgt, ...}).") from None
 
 
 def _key_lookup(entries: dict[str, Any], files: Sequence[Path], where: Path) -> dict[str, Any]:
@@ -254,26 +259,33 @@ def read_prompts(path: str | os.PathLike) -> dict[str, dict[str, str]]:
     """Read a prompts file (JSON object or CSV with a header; see the module docstring) -> key -> entry."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-        fields = reader.fieldnames or []
-        name_col = next((c for c in _NAME_COLUMNS if c in fields), None)
-        if name_col is None:
-            raise DataError(
-                f"{path}: the CSV header must have a 'filename' column (and prompt columns such as 'src', 'tgt'); "
-                f"found {fields}"
-            )
-        raw: dict[str, Any] = {}
-        for row in reader:
-            key = (row.pop(name_col) or "").strip()
-            if not key:
-                continue
-            if key in raw:
-                raise DataError(f"{path}: {key!r} appears in more than one row. Keep one.")
-            raw[key] = {k: v for k, v in row.items() if k is not None}
-    else:
-        raw = _read_json(path)
-        if not isinstance(raw, dict):
-            raise DataError(f"{path} must hold a JSON object mapping file name -> prompt, got {type(raw).__name__}")
+        try:
+            return _read_csv_prompts(path)
+        except csv.Error as e:  # e.g. a cell longer than the csv module's field limit (128 KiB)
+            raise DataError(f"{path} is not a readable CSV file ({e}); prompts are short text cells.") from None
+    raw = _read_json(path)
+    if not isinstance(raw, dict):
+        raise DataError(f"{path} must hold a JSON object mapping file name -> prompt, got {type(raw).__name__}")
+    return {str(k): _parse_entry(v, str(k), path) for k, v in raw.items()}
+
+
+def _read_csv_prompts(path: Path) -> dict[str, dict[str, str]]:
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    fields = reader.fieldnames or []
+    name_col = next((c for c in _NAME_COLUMNS if c in fields), None)
+    if name_col is None:
+        raise DataError(
+            f"{path}: the CSV header must have a 'filename' column (and prompt columns such as 'src', 'tgt'); "
+            f"found {fields}"
+        )
+    raw: dict[str, Any] = {}
+    for row in reader:
+        key = (row.pop(name_col) or "").strip()
+        if not key:
+            continue
+        if key in raw:
+            raise DataError(f"{path}: {key!r} appears in more than one row. Keep one.")
+        raw[key] = {k: v for k, v in row.items() if k is not None}
     return {str(k): _parse_entry(v, str(k), path) for k, v in raw.items()}
 
 
@@ -555,6 +567,9 @@ def load_folder(
             raise DataError(f"{prompts_path}: {len(names)} entry(ies) lack {key!r}: {_listing(names)}. Add it.")
     for name, entry in matched.items():
         for key in ("reference", "mask", "condition", "target"):
+            if key in entry and not (root / entry[key]).resolve().is_relative_to(root.resolve()):
+                raise DataError(f"{prompts_path}: the {key} of {name!r} is {entry[key]!r}, outside {root}; a "
+                                "reference path is relative to the folder and stays inside it")
             if key in entry and not (root / entry[key]).is_file():
                 raise DataError(f"{prompts_path}: the {key} of {name!r} is {entry[key]!r} but {root / entry[key]} "
                                 "does not exist. Fix the path (relative to the folder).")

@@ -55,10 +55,9 @@ class Task:
 
     def load(self, max_samples: int | None = None,
              on_error: Callable[[str, Exception], None] | None = None) -> list[Sample]:
-        """The samples (at most `max_samples`). With `on_error`, a sample whose files cannot be read (DataError) is
-        reported through `on_error(sample_id, error)` and skipped, so one broken file does not stop a run."""
-        from .errors import DataError
-
+        """The samples (at most `max_samples`). With `on_error`, a sample whose files cannot be read or prepared
+        (any Exception: DataError, a decoder's ValueError or OSError, a RecursionError) is reported through
+        `on_error(sample_id, error)` and skipped, so one broken file does not stop a run."""
         # Slice before materialising: the layout loaders return lazy sequences that read pixels on access.
         samples = self.loader()
         if max_samples:
@@ -70,7 +69,7 @@ class Task:
         for i in range(len(samples)):
             try:
                 out.append(samples[i])
-            except DataError as err:
+            except Exception as err:  # noqa: BLE001 - one item's failure is recorded, the others go on
                 on_error(ids[i] if ids else f"#{i}", err)
         return out
 

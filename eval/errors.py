@@ -35,3 +35,27 @@ class RunLockedError(ZooError):
 
 class RunNotFoundError(ZooError, FileNotFoundError):
     """A directory that is not a run directory (no manifest.json) where one is needed."""
+
+
+class PluginError(ZooError):
+    """A plugin module named in I2I_ZOO_PLUGINS that is missing or fails to import."""
+
+
+def without_unsafe_advice(text: str) -> str:
+    """`text` without advice to turn off safe checkpoint loading. PyTorch's refusal ("Weights only load failed ...")
+    suggests re-running with `weights_only` off (running code from the file) or allow-listing its globals; each such
+    message is replaced by its one-line cause and a pointer to the safe way, and any other sentence with such advice
+    is dropped."""
+    import re
+
+    def short(m: re.Match) -> str:
+        cause = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\n|$)", m.group(0), re.S)
+        detail = " ".join(cause.group(1).split()) if cause else "it holds objects beyond tensors"
+        return (f"refused by torch.load's safe mode ({detail}); the file needs code to load: use a .safetensors or "
+                "plain state-dict file instead")
+
+    text = re.sub(r"Weights only load failed.*?(?:torch\.load\.html\.?|$)", short, str(text), flags=re.S)
+    unsafe = re.compile(r"weights_only\W*(=|set to|to)\W*False|add_safe_globals|safe_globals\(|can still be loaded",
+                        re.IGNORECASE)
+    return "\n".join(" ".join(p for p in re.split(r"(?<=[.!?])\s+", line) if not unsafe.search(p))
+                     for line in text.splitlines())

@@ -24,7 +24,7 @@ import torch
 
 from eval.images import check_images, list_image_files
 from eval.inception import load_inception
-from eval.store import atomic_path, cache_dir, hash_array, hash_obj, sha256_file
+from eval.store import atomic_path, atomic_write_text, cache_dir, drop_cache_entry, hash_array, hash_obj, sha256_file
 
 ImageSet = str | os.PathLike | Sequence[str | os.PathLike] | np.ndarray | torch.Tensor
 """A folder, a list of image files, an N x D feature array (used as is), or an N x 3 x H x W [0,1] tensor."""
@@ -66,10 +66,13 @@ def inception_features(images: ImageSet, *, preset: str = "paper", device: str =
     key = hash_obj("inception-features", "clean", model.info.identity(), content)
     path = _features_cache_file(key)
     desc = {"n": None, "encoder": model.info.as_dict(), "cache_hit": False, "mode": "clean"}
+    sums = path.with_suffix(".sha256")
     if cache and path.exists():
-        feats = np.load(path)
-        desc.update(n=len(feats), cache_hit=True)
-        return feats, desc
+        if sums.exists() and sums.read_text().strip() == sha256_file(path):
+            feats = np.load(path)
+            desc.update(n=len(feats), cache_hit=True)
+            return feats, desc
+        drop_cache_entry(path, "its content does not match its recorded sha256")
     if files is None:
         feats = _tensor_features(images, model, batch_size, device)
     else:
@@ -80,6 +83,7 @@ def inception_features(images: ImageSet, *, preset: str = "paper", device: str =
     if cache:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.save(f, feats)
+        atomic_write_text(sums, sha256_file(path) + "\n")
     desc["n"] = len(feats)
     return feats, desc
 

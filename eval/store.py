@@ -11,6 +11,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,11 @@ import numpy as np
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+#: Every temporary file this project writes is named `.<final name>.i2iz-<random>.tmp` (`atomic_path`), so a
+#: cleanup can remove the leftovers of a killed writer and nothing else (a user's `.notes.tmp` never matches).
+TMP_TAG = ".i2iz-"
+TMP_PATTERN = re.compile(r"^\..+\.i2iz-[A-Za-z0-9_]+\.tmp$")
 
 
 def cache_dir() -> Path:
@@ -37,7 +44,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it is fsync'ed and renamed onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_TAG}", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; final files get the usual permissions
     tmp_path = Path(tmp)
@@ -111,11 +118,35 @@ def _kv_path(root: str | os.PathLike, key: str) -> Path:
     return Path(root) / key[:2] / f"{key}.json"
 
 
+def _checksum(key: str, value: Any) -> str:
+    return hash_obj("kv", key, value)
+
+
 def kv_get(root: str | os.PathLike, key: str) -> Any:
-    """Value stored under `key` in the JSON key-value cache dir `root` (one small file per key), or None."""
-    return read_json(_kv_path(root, key))
+    """Value stored under `key` in the JSON key-value cache dir `root` (one small file per key), or None.
+
+    Each entry carries a checksum of (key, value): an entry that was edited, damaged, or written for another key
+    is dropped with a message on stderr (and recomputed by the caller), never used."""
+    path = _kv_path(root, key)
+    if not path.exists():
+        return None
+    entry = read_json(path)
+    if isinstance(entry, dict) and set(entry) == {"value", "checksum"} and entry["checksum"] == _checksum(
+            key, entry["value"]):
+        return entry["value"]
+    if isinstance(entry, dict) and "checksum" not in entry and "value" in entry:
+        return None  # an entry of the format before checksums: recomputed and rewritten, nothing to report
+    drop_cache_entry(path, "its checksum does not match its content")
+    return None
 
 
 def kv_put(root: str | os.PathLike, key: str, value: Any) -> None:
     """Store a JSON-able `value` under `key` in the cache dir `root` (atomic; NaN/inf survive as JSON NaN/Infinity)."""
-    atomic_write_json(_kv_path(root, key), value)
+    value = json.loads(json.dumps(value, default=str))  # the checksum covers exactly what a reader gets back
+    atomic_write_json(_kv_path(root, key), {"value": value, "checksum": _checksum(key, value)})
+
+
+def drop_cache_entry(path: str | os.PathLike, why: str) -> None:
+    """Remove a cache file that failed its check, saying so on stderr (the value is then recomputed)."""
+    print(f"cache: dropped {path}: {why}; recomputing it", file=sys.stderr, flush=True)
+    Path(path).unlink(missing_ok=True)

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from eval.errors import PluginError
+
 from .base import MethodCard, Translator, ZooError
 
 # name -> "module:Class". Keep sorted; one line per method.
@@ -50,19 +52,33 @@ def register(cls: type[Translator]) -> type[Translator]:
 
 
 def load_plugin(spec: str) -> None:
-    """Import an out-of-tree method module (dotted name or path to a .py file) so its @register runs."""
-    if spec.endswith(".py"):
-        path = Path(spec).resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"plugin file {spec} does not exist")
-        mod_name = f"i2i_zoo_plugin_{path.stem}"
-        module_spec = importlib.util.spec_from_file_location(mod_name, path)
-        assert module_spec and module_spec.loader
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[mod_name] = module
-        module_spec.loader.exec_module(module)
-    else:
-        importlib.import_module(spec)
+    """Import an out-of-tree method module (dotted name or path to a .py file) so its @register runs.
+
+    This executes the module's code. A missing file or a module that fails to import (syntax error, missing
+    dependency, an error or `SystemExit` at import) is a PluginError naming the plugin."""
+    try:
+        if spec.endswith(".py"):
+            path = Path(spec).resolve()
+            if not path.is_file():
+                raise PluginError(f"plugin file {spec} (from I2I_ZOO_PLUGINS) does not exist; fix or unset "
+                                  "I2I_ZOO_PLUGINS")
+            mod_name = f"i2i_zoo_plugin_{path.stem}"
+            module_spec = importlib.util.spec_from_file_location(mod_name, path)
+            assert module_spec and module_spec.loader
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[mod_name] = module
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(mod_name, None)
+                raise
+        else:
+            importlib.import_module(spec)
+    except (PluginError, KeyboardInterrupt):
+        raise
+    except BaseException as err:  # noqa: BLE001 - whatever a broken plugin raises, the message names it
+        raise PluginError(f"plugin {spec} (from I2I_ZOO_PLUGINS) failed to import: {type(err).__name__}: {err}. "
+                          "Fix the plugin or unset I2I_ZOO_PLUGINS") from None
 
 
 def _load_env_plugins() -> None:

@@ -18,6 +18,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -319,8 +320,9 @@ def _figure_sections(data: ReportData) -> list[tuple[str, str, str, Path]]:
 
 # ----------------------------------------------------------------------------------------------- markdown
 def _md(s: Any) -> str:
-    return str(s).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("*", "\\*").replace(
-        "_", "\\_").replace("<", "&lt;")
+    from reports.tables import _md_escape
+
+    return _md_escape(s)
 
 
 def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -396,11 +398,11 @@ def render_markdown(data: ReportData) -> str:
         current = None
         for section, caption, key, png in sections:
             if section != current:
-                out += [f"### {section}", ""]
+                out += [f"### {_md(section)}", ""]
                 current = section
-            rel = png.relative_to(run.root).as_posix()
+            rel = quote(png.relative_to(run.root).as_posix())  # task and row names: a link target, never syntax
             thumb = data.thumbs.get(key)
-            src = thumb.relative_to(run.root).as_posix() if thumb is not None else rel
+            src = quote(thumb.relative_to(run.root).as_posix()) if thumb is not None else rel
             link = f" ([PDF]({rel[:-4]}.pdf))" if png.with_suffix(".pdf").is_file() else ""
             out += [f"**{_md(caption)}**{link}", "", f"[![{_md(caption)}]({src})]({rel})", ""]
 

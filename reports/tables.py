@@ -534,8 +534,14 @@ def to_csv(t: Table) -> str:
     return t.data.to_csv(index=False, lineterminator="\n")
 
 
+_MD_SPECIAL = str.maketrans({**{c: "\\" + c for c in "\\`*_[]#|~!"}, "<": "&lt;", ">": "&gt;", "&": "&amp;",
+                              "\n": " ", "\r": " "})
+
+
 def _md_escape(s: str) -> str:
-    return str(s).replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
+    """Text as literal Markdown: no emphasis, links, images, headings, code spans, table cells or raw HTML, and on
+    one line (names of task folders, method labels and prompts come from users)."""
+    return str(s).translate(_MD_SPECIAL)
 
 
 def to_markdown(t: Table, *, heading: str | None = "###") -> str:

@@ -185,7 +185,7 @@ def test_sweep_rows_reach_the_tables_and_the_summary(tmp_path):
     summary = res.summary()
     rows = set(summary.index.get_level_values("method"))
     assert rows == {"identity", "sdedit[num_inference_steps=2]", "sdedit[strength=1,num_inference_steps=2]"}
-    md = res.report.read_text().replace("\\_", "_")
+    md = res.report.read_text().replace("\\_", "_").replace("\\[", "[").replace("\\]", "]")  # Markdown-escaped
     assert "sdedit[strength=1,num_inference_steps=2]" in md
     html = res._repr_html_()
     assert "sdedit[strength=1,num_inference_steps=2]" in html and "<table" in html and "data:image/png" in html

@@ -26,7 +26,7 @@ DEFAULT_OUT = Path("runs") / "default"
 
 #: The keys of a run file: the flags of `benchmark.py run`, with `set` for the per-method options.
 RUN_KEYS = ("methods", "tasks", "out", "preset", "weights", "device", "dtype", "seed", "batch_size", "max_samples",
-            "resolution", "evaluate", "eval_preset", "figures", "threads", "quiet", "set")
+            "resolution", "evaluate", "eval_preset", "figures", "threads", "quiet", "timeout", "allow_large", "set")
 
 
 class Sweep(list):
@@ -55,6 +55,8 @@ class RunConfig:
     eval_preset: str | None = None  # encoders of the metrics: "tiny" | "paper" (default: follows `preset`)
     figures: list[str] | str = field(default_factory=lambda: ["png"])  # "png" (default) or "png,pdf"
     threads: int | None = None  # CPU intra-op threads per process (default: eval.harness.threads.thread_policy)
+    timeout: float | None = None  # seconds per batch; a batch past it is a failure of phase "timeout"
+    allow_large: bool = False  # lift the bounds on resolution and step counts (eval.harness.safety.check_limits)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     explicit: bool = False  # the user named methods and tasks: a kind mismatch is worth a warning
 
@@ -71,6 +73,9 @@ class RunConfig:
         for name in ("max_samples", "resolution", "threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.timeout is not None and (isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float))
+                                         or not self.timeout > 0 or self.timeout == float("inf")):
+            raise ConfigError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
         if self.eval_preset not in (None, "tiny", "paper"):
             raise ConfigError(f"eval_preset must be 'tiny' or 'paper', got {self.eval_preset!r}")
         if not isinstance(self.overrides, Mapping) or not all(isinstance(v, Mapping) for v in self.overrides.values()):
@@ -166,6 +171,9 @@ def read_run_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"cannot read the run file {p}: {err.strerror or err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"run file {p} is not valid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"run file {p} is nested too deeply to read; a run file is a flat mapping of "
+                          f"{', '.join(RUN_KEYS)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

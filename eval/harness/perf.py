@@ -43,6 +43,10 @@ def perf(methods: Sequence[str] | None = None, *, registry: Any, preset: str = "
         raise ConfigError("perf needs warmup >= 0, repeats >= 1 and resolution >= 1")
     cfg = RunConfig(methods=list(methods or []), preset=preset, device=device, dtype=dtype, batch_size=batch_size,
                     overrides={m: dict(o) for m, o in (overrides or {}).items()})
+    if out is not None:
+        from eval.harness.safety import prepare_out_dir
+
+        prepare_out_dir(Path(out))  # never writes perf/ into a folder the tool did not make
     variants = check_options(cfg, registry)  # perf runs on synthetic inputs: no tasks to check
     rows = []
     for v in variants:

@@ -11,6 +11,7 @@ from typing import Any
 
 from eval.errors import ConfigError
 from eval.harness.config import RunConfig, Variant, resolve_variants
+from eval.harness.safety import check_limits, check_name
 
 DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "float16": "float16", "fp16": "float16",
           "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
@@ -79,14 +80,27 @@ def check_overrides(cfg: RunConfig) -> None:
 
 
 def check_tasks(task_specs: list[str]) -> None:
-    """Every task name is known and every task folder has a supported layout (pixels are read later)."""
-    from datasets import get_task, task_from_folder
+    """Every task name is known and every task folder has a supported layout (pixels are read later). Two
+    tasks under one name (two folders with the same base name, a folder named like a registered task) are refused
+    with both named: they would share, and overwrite, one folder of the run directory."""
+    from datasets import DataError, get_task, list_tasks, task_from_folder
 
+    bundled = {t.name for t in list_tasks(bundled=True)}
+    seen: dict[str, str] = {}
     for spec in task_specs:
         if Path(spec).is_dir():
-            task_from_folder(spec)  # checks the folder structure and prompt files now
+            name = task_from_folder(spec).name  # checks the folder structure and prompt files now
+            where = f"the folder {Path(spec).resolve()}"
+            if name in bundled:
+                raise DataError(f"the task folder {Path(spec).resolve()} has the name of the bundled task {name!r}; "
+                                "rename the folder (or, to run the bundled task, run from another directory)")
         else:
-            get_task(spec)  # an unknown name raises DataError with the closest match
+            name = get_task(spec).name  # an unknown name raises DataError with the closest match
+            where = f"the registered task {spec!r}"
+        check_name(name, "task name")
+        if name in seen and seen[name] != where:
+            raise DataError(f"two tasks are named {name!r}: {seen[name]} and {where}; rename one folder")
+        seen[name] = where
 
 
 def check_options(cfg: RunConfig, registry: Any) -> list[Variant]:
@@ -100,7 +114,11 @@ def check_options(cfg: RunConfig, registry: Any) -> list[Variant]:
     cfg.figures = check_figures(cfg.figures)
     cfg.device = check_device(cfg.device)
     cfg.dtype = check_dtype(cfg.dtype, cfg.device)
-    return resolve_variants(cfg, registry)
+    variants = resolve_variants(cfg, registry)
+    for v in variants:
+        check_name(v.label, "method row label")
+    check_limits(cfg.resolution, {v.label: v.config for v in variants}, cfg.allow_large)
+    return variants
 
 
 def check_figures(formats: Any) -> list[str]:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -33,8 +34,10 @@ from eval.harness.rundir import (
     EDIT_TYPE_CSV,
     FAILURES,
     INPUT_FAILURES,
+    INPUT_INDEX,
     INPUTS,
     LOCK,
+    LOCK_GUARD,
     MANIFEST,
     METRIC_INFO,
     METRICS,
@@ -90,13 +93,22 @@ def device_name(device: str) -> str:
 
 
 class RunLock:
-    """One writer per run directory. A lock left by a killed process (its PID is gone) is taken over."""
+    """One writer per run directory. A lock left by a killed process (its PID is gone) is taken over.
+
+    Checking the owner and taking over happen under an OS file lock (`filelock`, released by the kernel when its
+    holder dies), so of two runs that find the same stale lock exactly one takes it."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / LOCK
 
     def __enter__(self) -> RunLock:
+        from filelock import FileLock
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.path.parent / LOCK_GUARD):
+            return self._take()
+
+    def _take(self) -> RunLock:
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -167,13 +179,14 @@ class _NoSample:
 
 def _record_failure(run_dir: Path, item: WorkItem, phase: str, err: BaseException, *, metric: str | None = None
                     ) -> None:
+    from eval.errors import without_unsafe_advice
     from eval.store import atomic_write_json
 
     sample = None if isinstance(item.sample, _NoSample) else item.sample.id
     atomic_write_json(_failure_path(run_dir, item.method, item.task, item.sample.id), {
         "method": item.method, "task": item.task, "sample": sample, "metric": metric, "phase": phase, "key": item.key,
-        "error": f"{type(err).__name__}: {err}",
-        "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)),
+        "error": without_unsafe_advice(f"{type(err).__name__}: {err}"),
+        "traceback": without_unsafe_advice("".join(traceback.format_exception(type(err), err, err.__traceback__))),
     })
 
 
@@ -220,21 +233,41 @@ def input_hash(sample: Any, kind: str, direction: str) -> str:
 
 
 def _save_inputs(run_dir: Path, task: str, samples: Sequence[Any]) -> None:
-    """The prepared inputs, for report grids and metrics that compare against the input or the target."""
-    from datasets import to_tensor
+    """The prepared inputs, for report grids and metrics that compare against the input or the target.
 
+    Keyed by content: `inputs/<task>/index.json` holds the hash of the prepared pixels each PNG was written from
+    and the PNG's sha256; a changed source image or `--resolution` rewrites it, a file edited on disk is rewritten,
+    and a role a sample no longer has (its `.target` gone) is removed, so metrics and grids never compare against
+    a stale input."""
+    from datasets import to_tensor
+    from eval.store import atomic_write_json, hash_obj, read_json, sha256_bytes, sha256_file
+
+    folder = run_dir / INPUTS / task
+    index_path = folder / INPUT_INDEX
+    index = read_json(index_path, {}) or {}
+    index = index if isinstance(index, dict) else {}
     for s in samples:
         mask = s.mask.convert("RGB") if s.mask is not None else None  # an edit mask (PIE-Bench's region metrics)
         for suffix, img in (("", s.image), (".condition", s.condition), (".reference", s.reference),
                             (".target", s.target), (".mask", mask)):
-            path = run_dir / INPUTS / task / f"{s.id}{suffix}.png"
-            if img is not None and not path.exists():
-                save_png(to_tensor(img)[0], path)
+            name = f"{s.id}{suffix}.png"
+            path = folder / name
+            if img is None:
+                path.unlink(missing_ok=True)
+                index.pop(name, None)
+                continue
+            content = hash_obj(img.mode, img.size, sha256_bytes(img.tobytes()))
+            entry = index.get(name)
+            if (isinstance(entry, dict) and entry.get("content") == content and path.is_file()
+                    and entry.get("png_sha256") == sha256_file(path)):
+                continue
+            index[name] = {"content": content, "png_sha256": save_png(to_tensor(img)[0], path)}
+    atomic_write_json(index_path, index)
     prompts = {s.id: {"src": s.src_prompt, "tgt": s.tgt_prompt} for s in samples if s.src_prompt or s.tgt_prompt}
     if prompts:  # shown over the text-guided grids of the report
-        from eval.store import atomic_write_json
-
-        atomic_write_json(run_dir / INPUTS / task / PROMPTS_JSON, prompts)
+        atomic_write_json(folder / PROMPTS_JSON, prompts)
+    else:
+        (folder / PROMPTS_JSON).unlink(missing_ok=True)
 
 
 def _batches(items: list[WorkItem], batch_size: int) -> list[list[WorkItem]]:
@@ -260,6 +293,7 @@ def _translate_batch(model: Any, batch: list[WorkItem], cfg: RunConfig, directio
     the failure is pinned on the samples that cause it. Returns the number of outputs saved."""
     import torch
 
+    from eval.harness.safety import BatchTimeout, batch_timeout, output_range_error
     from eval.store import atomic_write_json
     from eval.timing import measure
 
@@ -277,13 +311,20 @@ def _translate_batch(model: Any, batch: list[WorkItem], cfg: RunConfig, directio
         )
         model.check_input(inp, batch[0].kind)
         gens = [torch.Generator(device=device).manual_seed(it.seed) for it in batch]
-        with measure(device) as m:
+        with batch_timeout(cfg.timeout), measure(device) as m:
             out = model.translate(inp, generator=gens)
         images = out.images
         expected = (len(batch), 3, *inp.size)
         if tuple(images.shape) != expected:
             raise RuntimeError(f"method returned images of shape {tuple(images.shape)}, expected {expected}")
-    except Exception as err:
+    except KeyboardInterrupt:
+        raise
+    except BatchTimeout as err:  # retrying would only multiply the wait: the whole batch is recorded
+        for it in batch:
+            _record_failure(run_dir, it, "timeout", err)
+        _log(cfg, f"{batch[0].method}: {err}", err=True)
+        return 0
+    except BaseException as err:  # noqa: BLE001 - SystemExit or any BaseException of a method is its failure
         oom = _is_oom(err)
         if oom and str(device).startswith("cuda"):
             torch.cuda.empty_cache()
@@ -301,6 +342,9 @@ def _translate_batch(model: Any, batch: list[WorkItem], cfg: RunConfig, directio
         img = images[i]
         if not torch.isfinite(img).all():
             _record_failure(run_dir, it, "translate", FloatingPointError("output contains NaN or inf; not scored"))
+            continue
+        if (why := output_range_error(img)) is not None:
+            _record_failure(run_dir, it, "translate", ValueError(why))
             continue
         png, meta = _out_paths(run_dir, it.method, it.task, it.sample.id)
         try:
@@ -366,6 +410,8 @@ def _load_tasks(cfg: RunConfig, record: bool) -> dict[str, tuple[Any, list[Any]]
                     "method": INPUT_FAILURES, "task": task, "sample": sample_id, "phase": "input",
                     "error": f"{type(err).__name__}: {err}", "traceback": ""})
 
+        if record:  # this load decides anew which inputs fail: a fixed file's old record goes
+            shutil.rmtree(cfg.out / FAILURES / INPUT_FAILURES / name, ignore_errors=True)
         samples = task.load(cfg.max_samples, on_error=skip)
         if cfg.resolution:
             samples = [_resized(s, cfg.resolution, task.kind) for s in samples]
@@ -440,6 +486,8 @@ def _start_manifest(cfg: RunConfig, tasks: dict[str, tuple[Any, list[Any]]], pla
 def _generate(plan: MethodPlan, mine: list[WorkItem], cfg: RunConfig, device: str,
               tasks: dict[str, tuple[Any, list[Any]]], make_input: Any) -> None:
     """Load the variant's model once and translate this process's share of its pending samples."""
+    from eval.errors import without_unsafe_advice
+
     tqdm = _tqdm(cfg.quiet)
     run_dir = cfg.out
     v = plan.variant
@@ -447,10 +495,12 @@ def _generate(plan: MethodPlan, mine: list[WorkItem], cfg: RunConfig, device: st
     try:
         model = v.cls.from_pretrained(None if v.source == "none" else v.source, preset=v.preset,
                                       device=device, dtype=cfg.dtype, **v.overrides)
-    except Exception as err:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # noqa: BLE001 - SystemExit from a plugin's loader is its failure, not the run's
         for it in mine:
             _record_failure(run_dir, it, "load", err)
-        _log(cfg, f"{plan.name}: failed to load: {type(err).__name__}: {err}", err=True)
+        _log(cfg, f"{plan.name}: failed to load: {type(err).__name__}: {without_unsafe_advice(str(err))}", err=True)
         if prog:
             prog.advance(len(mine), f"{plan.name}: failed to load", failed=len(mine))
         return
@@ -492,6 +542,7 @@ def run(cfg: RunConfig, *, registry: Any) -> RunResult:
 
     from eval.harness.preflight import preflight
     from eval.harness.result import RunResult
+    from eval.harness.safety import clean_stale_temps, prepare_out_dir
     from eval.harness.threads import apply_thread_policy
     from eval.store import atomic_write_json
 
@@ -507,14 +558,16 @@ def run(cfg: RunConfig, *, registry: Any) -> RunResult:
         _log(cfg, threads.describe())
     run_dir = cfg.out
     rank = 0 if state is None else state.process_index
+    if main:
+        prepare_out_dir(run_dir)  # a file, a foreign folder or an unwritable place: a message, nothing written
     with RunLock(run_dir) if main else contextlib.nullcontext(), progress.session(run_dir, quiet=cfg.quiet,
                                                                                    rank=rank) as prog:
         tasks = _load_tasks(cfg, record=main)
         if main:
-            for stale in run_dir.rglob(".*.tmp"):  # half-written files of a killed run (we hold the lock)
-                stale.unlink(missing_ok=True)
+            clean_stale_temps(run_dir)  # half-written files of a killed run (we hold the lock), nothing else
             for name, (_, samples) in tasks.items():
                 _save_inputs(run_dir, name, samples)
+            _prune_failures(run_dir, [v.label for v in variants], tasks)
         if state is not None:
             state.wait_for_everyone()  # everyone plans against the same files
         plans, skipped = _plan(cfg, variants, tasks)
@@ -556,6 +609,24 @@ def run(cfg: RunConfig, *, registry: Any) -> RunResult:
     return result
 
 
+def _prune_failures(run_dir: Path, labels: list[str], tasks: dict[str, tuple[Any, list[Any]]]) -> None:
+    """Failure records of samples that are no longer in a task (removed, renamed, past --max-samples) go: the
+    report lists what failed in this run's data, not in an older version of it."""
+    from eval.store import read_json
+
+    for label in labels:
+        for tname, (_, samples) in tasks.items():
+            folder = run_dir / FAILURES / label / tname
+            if not folder.is_dir():
+                continue
+            ids = {s.id for s in samples}
+            for rec_path in folder.glob("*.json"):
+                rec = read_json(rec_path, {}) or {}
+                sample = rec.get("sample") if isinstance(rec, dict) else None
+                if sample is not None and sample not in ids:
+                    rec_path.unlink(missing_ok=True)
+
+
 def _resized(sample: Any, resolution: int, kind: str) -> Any:
     """--resolution: resize + centre-crop every image of a sample (nearest for masks: no new label colours)."""
     from dataclasses import replace
@@ -594,6 +665,8 @@ def _evaluate(run_dir: Path, cfg: RunConfig, labels: list[str], tasks: dict[str,
     for method in labels:
         for tname, (task, samples) in tasks.items():
             out_dir = run_dir / OUTPUTS / method / tname
+            for old in (run_dir / FAILURES / method / tname).glob("metric-*.json"):
+                old.unlink()  # scored anew below: a metric whose cause was fixed is no longer listed as failed
             if not out_dir.is_dir():
                 continue
             inputs = run_dir / INPUTS / tname

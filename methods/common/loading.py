@@ -148,6 +148,8 @@ def load_state_file(path: str | os.PathLike) -> dict[str, Any]:
 
     import torch
 
+    from eval.errors import without_unsafe_advice
+
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"checkpoint {path} does not exist")
@@ -160,12 +162,14 @@ def load_state_file(path: str | os.PathLike) -> dict[str, Any]:
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpointError(
             f"refused to load {path}: it is a pickle that needs code or objects beyond tensors to load "
-            f"({str(e).splitlines()[0][:200]}). Only plain state dicts are loaded; if you trust the file, convert it "
+            f"({without_unsafe_advice(str(e)).splitlines()[0][:300]}). Only plain state dicts are loaded; if you trust "
+            "the file, convert it "
             "to .safetensors on a trusted machine."
         ) from None
     except (RuntimeError, EOFError, ValueError) as e:
         raise WeightsNotFoundError(
-            f"{path} is not a readable checkpoint ({type(e).__name__}: {e}); re-download it") from None
+            f"{path} is not a readable checkpoint ({type(e).__name__}: {without_unsafe_advice(str(e))}); re-download "
+            "it") from None
 
 
 def parse_dtype(dtype: Any) -> Any:

@@ -175,7 +175,10 @@ def read_official(path: str | os.PathLike) -> dict[str, Any]:
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors come in many types
-        raise WeightsNotFoundError(f"{path} is not a readable img2img-turbo checkpoint ({type(e).__name__}: {e}); "
+        from eval.errors import without_unsafe_advice
+
+        raise WeightsNotFoundError(f"{path} is not a readable img2img-turbo checkpoint ({type(e).__name__}: "
+                                   f"{without_unsafe_advice(str(e))}); "
                                    "only the official .pkl formats (weights only) are accepted") from e
     if not isinstance(sd, dict):
         raise WeightsNotFoundError(f"{path} holds a {type(sd).__name__}, not an img2img-turbo checkpoint dict")
