@@ -356,7 +356,7 @@ def build_perf_table(perf: pd.DataFrame, method_weights: dict[str, str] | None =
               "network_time_s", "overhead"):
         df[c] = pd.to_numeric(df[c], errors="coerce") if c in df.columns else math.nan
     df = df.sort_values(["method", "preset", "device", "resolution", "batch_size"], na_position="last",
-                        ignore_index=True, key=lambda s: s.astype(str) if s.dtype == object else s)
+                        ignore_index=True, kind="stable", key=lambda s: s.astype(str) if s.dtype == object else s)
     unit, scale = _memory_unit(df["peak_mem_bytes"].tolist())
     dl = _decimals(df["latency_median_s"].tolist())
     dt = _decimals(df["throughput_img_s"].tolist())
@@ -369,7 +369,9 @@ def build_perf_table(perf: pd.DataFrame, method_weights: dict[str, str] | None =
         return "—" if v is None else str(v)
 
     show_res = bool(df["resolution"].notna().any())
-    columns = [Column("preset", "preset"), Column("device", "device")]
+    show_mode = "mode" in df.columns and bool(df["mode"].notna().any())
+    columns = [Column("mode", "mode")] if show_mode else []
+    columns += [Column("preset", "preset"), Column("device", "device")]
     columns += [Column("resolution", "res")] if show_res else []
     columns += [Column("batch_size", "batch"), Column("latency", "latency (s)", "↓"),
                 Column("throughput", "img/s", "↑"), Column("memory", f"Mem ({unit})", "↓"),
@@ -381,7 +383,8 @@ def build_perf_table(perf: pd.DataFrame, method_weights: dict[str, str] | None =
         lat = _fmt(r["latency_median_s"], dlc)
         if np.isfinite(r["latency_iqr_s"]) and np.isfinite(r["latency_median_s"]):
             lat += f" ± {_fmt(r['latency_iqr_s'] / 2, dlc)}"
-        cells = [Cell(txt(r.get("preset"))), Cell(txt(r.get("device")))]
+        cells = [Cell(txt(r.get("mode")))] if show_mode else []
+        cells += [Cell(txt(r.get("preset"))), Cell(txt(r.get("device")))]
         cells += [Cell(txt(r["resolution"]))] if show_res else []
         cells += [Cell(txt(r["batch_size"])),
                   Cell(lat, random=rnd, value=r["latency_median_s"]),
@@ -392,7 +395,8 @@ def build_perf_table(perf: pd.DataFrame, method_weights: dict[str, str] | None =
         rows.append((str(r["method"]), cells))
     table = Table(name="perf", title="Speed and memory (benchmark.py perf)", columns=columns, rows=rows,
                   notes=["latency: median over timed repeats ± half the interquartile range; img/s: throughput; "
-                         "overhead: latency / time inside the networks' forward calls."],
+                         "overhead: wall time / time inside the method's declared networks (hooked runs); "
+                         "one row per mode."],
                   data=perf.reset_index(drop=True))
     if table.has_random:
         table.notes.append(RANDOM_NOTE)
