@@ -86,3 +86,28 @@ def test_perf_has_a_row_per_mode_with_network_time_below_total(tmp_path):
     assert (tmp_path / "perf" / "perf.csv").is_file()
     table = perf_table(df)
     assert "stochastic" in table and "network_time_s" in table
+
+
+def test_encoders_are_built_once_and_shared_by_metrics_and_methods(monkeypatch):
+    """One CLIP per (model, preset, device) per process: the CLIP metrics share it, and so does DiffuseIT's CLIP
+    guidance with the same model id."""
+    import eval.clip
+    from eval.encoders import clear_encoder_cache
+    from eval.metrics import get_metric
+
+    built = []
+    real = eval.clip._load_clip
+
+    def counting(model_id, *args, **kw):
+        built.append(model_id)
+        return real(model_id, *args, **kw)
+
+    monkeypatch.setattr(eval.clip, "_load_clip", counting)
+    clear_encoder_cache()
+    score, direction = get_metric("clip_score", preset="tiny"), get_metric("clip_directional", preset="tiny")
+    assert score.encoder() is direction.encoder() and len(built) == 1
+    mid = score.options["model"]
+    dit = methods.create("diffuseit", preset="tiny", clip_models=mid)
+    dit.networks()  # builds the guidance encoders
+    assert built.count(mid) == 1
+
