@@ -114,11 +114,11 @@ def perf(methods: Sequence[str] | None = None, *, registry: Any, preset: str = "
 def perf_table(df: Any) -> str:
     """The perf frame as the text table `benchmark.py perf` prints."""
     show = df[["method", "mode", "preset", "resolution", "batch_size", "latency_median_s", "latency_iqr_s",
-               "throughput_img_s", "peak_mem_bytes", "network_time_s", "overhead"]].copy()
+               "throughput_img_s", "peak_mem_bytes", "hooked_time_s", "network_time_s", "overhead"]].copy()
     show["peak_mem_bytes"] = (show["peak_mem_bytes"] / 2**20).round(1)
     show = show.rename(columns={"peak_mem_bytes": "peak_mem_MiB"})
     return (show.to_string(index=False, float_format=lambda v: f"{v:.4g}") + "\nlatency: torch.utils.benchmark "
             "blocked autorange after warm-up, median and IQR per call; network_time_s: time inside the method's "
-            "declared networks (UNet/denoiser, VAE, text and image encoders, guidance backward) per call; overhead = "
-            "wall time of a translation / its network time (median over hooked repeats; nan: the method calls no "
-            "network)")
+            "declared networks (UNet/denoiser, VAE, text and image encoders, guidance backward) per call, and "
+            "hooked_time_s the wall time of those same hooked calls; overhead = hooked_time_s / network_time_s "
+            "(median of per-call ratios; nan: the method calls no network)")
