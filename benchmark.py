@@ -196,7 +196,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu (default) | cuda | cuda:N | mps")
     p.add_argument("--dtype", help="float32 (default) | float16 | bfloat16")
     p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="samples per translate call (default: chosen per method from the "
+                   "device; see README, Batching)")
     p.add_argument("--max-samples", type=int, help="at most this many samples per task")
     p.add_argument("--resolution", type=int, help="resize+center-crop every sample to this size")
     p.add_argument("--out", help="run directory (default: runs/default)")

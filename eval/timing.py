@@ -89,32 +89,51 @@ class CallStats:
     seconds: float = 0.0
 
 
+class NetworkCensus(dict):
+    """name -> CallStats of each hooked network, and `seconds`: the time inside any of them (a network called
+    inside another one counts once)."""
+
+    seconds: float = 0.0
+
+
 class count_network_calls:
     """Count and time the forward calls of the given modules (the networks an algorithm must run).
 
-    Hooks sit on the top-level modules only, so nested sub-modules are not double counted. On CUDA each hook
-    synchronises, which slightly slows the measured run: use it for the call census and the overhead ratio, and
-    take latency from an unhooked run.
+    Hooks sit on the given modules only (not their sub-modules). `census.seconds` is the union of the time spent
+    inside them: while one is running, a nested call of another is counted in its own row but not twice in the
+    total. On CUDA each hook synchronises, which slightly slows the measured run: use it for the call census and
+    the overhead ratio, and take latency from an unhooked run.
     """
 
     def __init__(self, modules: dict[str, Any], device: Any = "cpu") -> None:
         self.modules = modules
         self.device = str(device)
-        self.stats: dict[str, CallStats] = {name: CallStats() for name in modules}
+        self.stats = NetworkCensus({name: CallStats() for name in modules})
         self._handles: list[Any] = []
+        self._depth = 0
+        self._outer_t0 = 0.0
 
-    def __enter__(self) -> dict[str, CallStats]:
+    def __enter__(self) -> NetworkCensus:
         for name, module in self.modules.items():
             st = self.stats[name]
+            starts: list[float] = []
 
-            def pre(_m: Any, _args: Any, st: CallStats = st) -> None:
+            def pre(_m: Any, _args: Any, starts: list[float] = starts) -> None:
                 _sync(self.device)
-                st._t0 = time.perf_counter()  # type: ignore[attr-defined]
+                now = time.perf_counter()
+                if self._depth == 0:
+                    self._outer_t0 = now
+                self._depth += 1
+                starts.append(now)
 
-            def post(_m: Any, _args: Any, _out: Any, st: CallStats = st) -> None:
+            def post(_m: Any, _args: Any, _out: Any, st: CallStats = st, starts: list[float] = starts) -> None:
                 _sync(self.device)
+                now = time.perf_counter()
                 st.calls += 1
-                st.seconds += time.perf_counter() - st._t0  # type: ignore[attr-defined]
+                st.seconds += now - starts.pop()
+                self._depth -= 1
+                if self._depth == 0:
+                    self.stats.seconds += now - self._outer_t0
 
             self._handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
         return self.stats
@@ -125,19 +144,28 @@ class count_network_calls:
         self._handles.clear()
 
 
-def bench(fn: Any, *, warmup: int = 1, repeats: int = 5, device: Any = "cpu") -> dict[str, float]:
-    """Latency of `fn()` with warm-up and repeats: median, inter-quartile range, min, and the peak memory."""
+def bench(fn: Any, *, warmup: int = 1, repeats: int = 5, device: Any = "cpu", min_run_time: float = 0.05
+          ) -> dict[str, float]:
+    """Latency of `fn()` with `torch.utils.benchmark`: `warmup` untimed calls, then `Timer.blocked_autorange`
+    (block size chosen so the timer's own overhead is negligible; CUDA synchronised by its timer) for at least
+    `repeats` blocks. Returns the per-call median, inter-quartile range and minimum, and the number of blocks
+    and calls per block. Runs at the current intra-op thread count (Timer's own default is one thread)."""
     import numpy as np
+    import torch
+    from torch.utils.benchmark import Measurement, Timer
 
+    est = 0.0
     for _ in range(warmup):
+        t0 = time.perf_counter()
         fn()
-    times, peaks = [], []
-    for _ in range(repeats):
-        with measure(device) as m:
-            fn()
-        times.append(m.seconds)
-        peaks.append(m.peak_mem_bytes)
-    t = np.asarray(times)
+        _sync(device)
+        est = time.perf_counter() - t0
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=max(min_run_time, repeats * est))
+    number = m.number_per_run
+    while len(m.times) < repeats:  # fewer blocks than asked for: top up (merge keeps per-call times)
+        m = Measurement.merge([m, timer.timeit(number)])[0]
+    t = np.asarray(m.times)
     q1, q3 = np.percentile(t, [25, 75])
     return {"latency_median_s": float(np.median(t)), "latency_iqr_s": float(q3 - q1), "latency_min_s": float(t.min()),
-            "peak_mem_bytes": int(max(peaks)), "repeats": repeats, "warmup": warmup}
+            "repeats": len(t), "calls_per_repeat": int(number), "warmup": warmup}

@@ -267,6 +267,30 @@ class TranslationInput:
         return TranslationInput(**kw)
 
 
+def perf_input(size: int, batch_size: int, seed: int = 0, *, reference: bool = True, direction: str = "a2b"
+               ) -> TranslationInput:
+    """A synthetic batch of `size` x `size` random images that every kind of method can take (condition,
+    prompts, and a reference image unless `reference=False`), for `benchmark.py perf`."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch_size, 3, size, size, generator=g)
+    ref = torch.rand(x.shape, generator=g)
+    return TranslationInput(images=x, condition=(x > 0.5).float(), reference=ref if reference else None,
+                            src_prompts=["a photo of a cat"] * batch_size,
+                            tgt_prompts=["a photo of a dog"] * batch_size, direction=direction,
+                            ids=[f"perf{seed}-{i}" for i in range(batch_size)])
+
+
+@dataclass(frozen=True)
+class PerfMode:
+    """One mode `benchmark.py perf` times: option overrides (over the run's) and the input builder
+    `input(size, batch_size, seed) -> TranslationInput`."""
+
+    options: Mapping[str, Any] = field(default_factory=dict)
+    input: Any = perf_input
+
+
 @dataclass
 class TranslationOutput:
     """Translated images (float B x 3 x H x W in [0, 1]) plus per-sample extras (inverted noise, phase timings)."""
@@ -373,8 +397,17 @@ class Translator(ABC):
 
     def networks(self) -> dict[str, Any]:
         """The neural networks the algorithm must call (name -> nn.Module), for the perf call census and the
-        overhead ratio (time of a translation over the time spent inside these networks). Top level only."""
+        overhead ratio (time of a translation over the time spent inside these networks). Only networks (denoiser,
+        VAE, text/image encoders, the backward pass of guidance through them), not the pre/post-processing around
+        them or non-network optimisation steps; top level only."""
         return {}
+
+    @classmethod
+    def perf_modes(cls) -> dict[str, PerfMode]:
+        """The modes `benchmark.py perf` times, name -> PerfMode(options, input): every way of running the method
+        whose cost differs (text- vs image-guided, deterministic vs stochastic, ...). Options are read at
+        translate time. Default: one mode on `perf_input` (images, condition, reference, prompts)."""
+        return {"default": PerfMode()}
 
     # -- trainable methods override these -------------------------------------------------------------
     @classmethod

@@ -350,7 +350,7 @@ def perf_chart(perf: pd.DataFrame, method_weights: dict[str, str] | None = None)
         df[c] = pd.to_numeric(df[c], errors="coerce")
     if "device" in df.columns:  # a CPU peak is the process's resident set, not the method's own: not drawn
         df.loc[df["device"].astype(str).str.startswith("cpu"), "peak_mem_bytes"] = np.nan
-    df = df.sort_values(["method", "preset", "batch_size"], na_position="last", ignore_index=True,
+    df = df.sort_values(["method", "preset", "batch_size"], na_position="last", ignore_index=True, kind="stable",
                         key=lambda s: s.astype(str) if s.dtype == object else s)
     if not np.isfinite(df["latency_median_s"]).any():
         return None
@@ -358,7 +358,9 @@ def perf_chart(perf: pd.DataFrame, method_weights: dict[str, str] | None = None)
 
     def lab(r: dict[str, Any], rnd: bool) -> str:
         bs = "" if not np.isfinite(r["batch_size"]) else f", bs={int(r['batch_size'])}"
-        return f"{r['method']}{DAGGER if rnd else ''}\n({r['preset']}{bs})"
+        mode = r.get("mode")
+        mode = f" {mode}" if isinstance(mode, str) and mode != "default" else ""
+        return f"{r['method']}{mode}{DAGGER if rnd else ''}\n({r['preset']}{bs})"
 
     labels = [lab(r, f) for r, f in zip(df.to_dict("records"), flags)]
     has_mem = bool(np.isfinite(df["peak_mem_bytes"]).any() and (df["peak_mem_bytes"].fillna(0) > 0).any())

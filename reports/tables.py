@@ -467,7 +467,7 @@ def build_perf_table(perf: pd.DataFrame, method_weights: dict[str, str] | None =
     cpu = df["device"].astype(str).str.startswith("cpu") if "device" in df.columns else pd.Series(False, df.index)
     df.loc[cpu, "peak_mem_bytes"] = math.nan  # process RSS on CPU: not the method's own (see CPU_MEM_NOTE)
     df = df.sort_values(["method", "preset", "device", "resolution", "batch_size"], na_position="last",
-                        ignore_index=True, key=lambda s: s.astype(str) if s.dtype == object else s)
+                        ignore_index=True, kind="stable", key=lambda s: s.astype(str) if s.dtype == object else s)
     unit, scale = _memory_unit(df["peak_mem_bytes"].tolist())
     dl = _decimals(df["latency_median_s"].tolist())
     dt = _decimals(df["throughput_img_s"].tolist())
@@ -480,7 +480,9 @@ def build_perf_table(perf: pd.DataFrame, method_weights: dict[str, str] | None =
         return "—" if v is None else str(v)
 
     show_res = bool(df["resolution"].notna().any())
-    columns = [Column("preset", "preset"), Column("device", "device")]
+    show_mode = "mode" in df.columns and bool(df["mode"].notna().any())
+    columns = [Column("mode", "mode")] if show_mode else []
+    columns += [Column("preset", "preset"), Column("device", "device")]
     columns += [Column("resolution", "res")] if show_res else []
     columns += [Column("batch_size", "batch"), Column("latency", "latency (s)", "↓"),
                 Column("throughput", "img/s", "↑"), Column("memory", f"Mem ({unit})", "↓"),
@@ -492,7 +494,8 @@ def build_perf_table(perf: pd.DataFrame, method_weights: dict[str, str] | None =
         lat = _fmt(r["latency_median_s"], dlc)
         if np.isfinite(r["latency_iqr_s"]) and np.isfinite(r["latency_median_s"]):
             lat += f" ± {_fmt(r['latency_iqr_s'] / 2, dlc)}"
-        cells = [Cell(txt(r.get("preset"))), Cell(txt(r.get("device")))]
+        cells = [Cell(txt(r.get("mode")))] if show_mode else []
+        cells += [Cell(txt(r.get("preset"))), Cell(txt(r.get("device")))]
         cells += [Cell(txt(r["resolution"]))] if show_res else []
         cells += [Cell(txt(r["batch_size"])),
                   Cell(lat, random=rnd, value=r["latency_median_s"]),
@@ -503,7 +506,8 @@ def build_perf_table(perf: pd.DataFrame, method_weights: dict[str, str] | None =
         rows.append((str(r["method"]), cells))
     table = Table(name="perf", title="Speed and memory (benchmark.py perf)", columns=columns, rows=rows,
                   notes=["latency: median over timed repeats ± half the interquartile range; img/s: throughput; "
-                         "overhead: latency / time inside the networks' forward calls."],
+                         "overhead: wall time / time inside the method's declared networks (hooked runs); "
+                         "one row per mode."],
                   data=perf.reset_index(drop=True))
     if cpu.any():
         table.notes.append(CPU_MEM_NOTE.replace("CPU runs", "CPU rows"))

@@ -135,3 +135,31 @@ def test_local_snapshot_dir_loads_and_a_missing_weight_file_is_named(tmp_path):
         f.unlink()
     with pytest.raises(WeightsNotFoundError, match=r"sd/unet could not be loaded.*re-download"):
         loading.load_sd(local)
+
+
+def test_tokenizer_is_built_once_per_snapshot(monkeypatch, tmp_path):
+    """Methods on the same snapshot (pix2pix-turbo and cyclegan-turbo; sdedit and pix2pix-zero) share one CLIP
+    tokenizer per process; a rewritten tokenizer folder is loaded again."""
+    import transformers
+
+    import methods
+
+    built = []
+    real = transformers.CLIPTokenizer.from_pretrained.__func__
+
+    def counting(cls, *args, **kw):
+        built.append(args[0] if args else kw)
+        return real(cls, *args, **kw)
+
+    monkeypatch.setattr(transformers.CLIPTokenizer, "from_pretrained", classmethod(counting))
+    loading._clip_tokenizer.cache_clear()
+    a = methods.create("pix2pix-turbo", preset="tiny")
+    b = methods.create("cyclegan-turbo", preset="tiny")
+    assert a.prompt_encoder.tokenizer is b.prompt_encoder.tokenizer and len(built) == 1
+    folder = loading.resolve("tiny:sd-turbo") / "tokenizer"
+    assert loading.clip_tokenizer(folder) is a.prompt_encoder.tokenizer and len(built) == 1
+    copy = shutil.copytree(folder, tmp_path / "tokenizer")
+    first = loading.clip_tokenizer(copy)
+    assert loading.clip_tokenizer(copy) is first and len(built) == 2
+    (copy / "tokenizer.json").write_bytes((copy / "tokenizer.json").read_bytes())  # rewritten: loaded again
+    assert loading.clip_tokenizer(copy) is not first and len(built) == 3

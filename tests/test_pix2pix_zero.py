@@ -373,7 +373,7 @@ def test_inversion_cache_hit_on_repeat_skips_the_inversion(project_cache):
     assert [ex["inversion_cache"] for ex in second.extras] == ["hit", "hit"]
     assert all(torch.equal(a["x_inv"], b["x_inv"]) for a, b in zip(first.extras, second.extras))
     assert torch.equal(first.images, second.images)
-    assert calls["vae.encoder"].calls == 0 and calls["noise_regularizer"].calls == 0
+    assert calls["vae.encoder"].calls == 0 and "noise_regularizer" not in calls  # not a network: overhead
     assert calls["unet"].calls == 3 * m.config["num_inference_steps"]  # reference + guided + recomputed, no inversion
     assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(g1, g2))  # generators end where a miss ends
     # a different caption, seed or setting is a different inversion

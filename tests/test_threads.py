@@ -72,3 +72,25 @@ def test_threads_flag_and_run_file_key(tmp_path, capsys):
         assert rc == 2 and "threads must be >= 1" in err and not (tmp_path / "bad").exists()
     finally:
         torch.set_num_threads(before)
+
+
+def test_policy_limits_the_blas_pools_too(monkeypatch):
+    """NumPy/SciPy's OpenBLAS follows the policy like torch (its threads spin-wait like OpenMP's)."""
+    import os
+
+    import scipy.linalg  # noqa: F401  (loads SciPy's own OpenBLAS)
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from eval.harness.threads import BLAS_ENV, apply_thread_policy
+
+    for var in BLAS_ENV:
+        monkeypatch.delenv(var, raising=False)
+    before = torch.get_num_threads()
+    try:
+        assert apply_thread_policy(1).threads == 1
+        blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+        assert blas and all(p["num_threads"] == 1 for p in blas)
+        assert all(os.environ[var] == "1" for var in BLAS_ENV)  # for libraries loaded later
+    finally:
+        torch.set_num_threads(before)

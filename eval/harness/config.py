@@ -47,7 +47,7 @@ class RunConfig:
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0
-    batch_size: int = 1
+    batch_size: int | None = None  # None: chosen per method from the device (eval.harness.batching)
     max_samples: int | None = None
     resolution: int | None = None
     quiet: bool = False
@@ -68,7 +68,7 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigError(f"{name} must be an integer, got {value!r}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         for name in ("max_samples", "resolution", "threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:

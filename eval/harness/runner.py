@@ -375,6 +375,7 @@ class MethodPlan:
     variant: Variant
     items: list[WorkItem]
     pending: list[WorkItem]
+    batch: Any = None  # the BatchChoice it translated with (set when it generates)
 
     @property
     def name(self) -> str:
@@ -456,7 +457,7 @@ def _start_manifest(cfg: RunConfig, tasks: dict[str, tuple[Any, list[Any]]], pla
         "created": manifest.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(sys.argv), "git_sha": _git_sha(), "versions": _versions(), "processes": world,
         "device": cfg.device, "device_name": device_name(cfg.device), "dtype": cfg.dtype, "seed": cfg.seed,
-        "preset": cfg.preset, "batch_size": cfg.batch_size, "platform": platform.platform(),
+        "preset": cfg.preset, "batch_size": cfg.batch_size or "auto", "platform": platform.platform(),
         "run_config": cfg.to_dict(),
     })
     manifest.setdefault("tasks", {})
@@ -507,6 +508,8 @@ def _generate(plan: MethodPlan, mine: list[WorkItem], cfg: RunConfig, device: st
     by_task: dict[str, list[WorkItem]] = {}
     for it in mine:
         by_task.setdefault(it.task, []).append(it)
+    plan.batch = _batch_size(v, cfg, device, mine)
+    _log(cfg, f"{plan.name}: batch size {plan.batch.size} ({plan.batch.reason})")
     first = True
     prog = progress.active()
     for tname, titems in by_task.items():
@@ -514,7 +517,7 @@ def _generate(plan: MethodPlan, mine: list[WorkItem], cfg: RunConfig, device: st
         bar = None if prog else tqdm(total=len(titems), desc=f"{plan.name} / {tname}", unit="img", leave=False)
         if prog:
             prog.describe(f"{plan.name} / {tname}")
-        for batch in _batches(titems, cfg.batch_size):
+        for batch in _batches(titems, plan.batch.size):
             n = _translate_batch(model, batch, cfg, tasks[tname][0].direction, run_dir, device, make_input,
                                  warmup=first)
             first = False
@@ -526,6 +529,16 @@ def _generate(plan: MethodPlan, mine: list[WorkItem], cfg: RunConfig, device: st
                 bar.set_postfix(failed=len(batch) - n)
         if bar is not None:
             bar.close()
+
+
+def _batch_size(v: Variant, cfg: RunConfig, device: str, items: list[WorkItem]) -> Any:
+    """--batch-size, else the size `eval.harness.batching` picks for this method on this device."""
+    from eval.harness.batching import choose_batch_size
+
+    tiny = str(v.source).startswith("tiny:") or str(v.source) == "none"
+    pixels = max((it.sample.image.size[0] * it.sample.image.size[1] for it in items), default=0)
+    return choose_batch_size(v.cls, device=device, tiny=tiny, pixels=pixels, dtype=cfg.dtype,
+                             requested=cfg.batch_size)
 
 
 def run(cfg: RunConfig, *, registry: Any) -> RunResult:
@@ -597,6 +610,9 @@ def run(cfg: RunConfig, *, registry: Any) -> RunResult:
             for s in skipped:
                 _log(cfg, f"skipped {s['method']} on {s['task']}: {s['reason']}", err=True)
         manifest["skipped"] = skipped
+        for p in plans:
+            if p.batch is not None:
+                manifest["methods"][p.name]["batch_size"] = p.batch.size
         manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         atomic_write_json(run_dir / MANIFEST, manifest)
         prog.close_bar()

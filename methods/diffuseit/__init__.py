@@ -171,6 +171,16 @@ class DiffuseIT(Translator):
                                  backbone=backbone)
         return cls(engine, config, f"{wid}+{_encoder_identity(encoders, config)}")
 
+    @classmethod
+    def perf_modes(cls) -> dict[str, Any]:
+        """Text-guided (source/target prompts, CLIP ensemble) and image-guided (a reference image, DINO [CLS])."""
+        from functools import partial
+
+        from ..base import PerfMode, perf_input
+
+        return {"text": PerfMode({"mode": "text"}, partial(perf_input, reference=False)),
+                "image": PerfMode({"mode": "image"}, perf_input)}
+
     def networks(self) -> dict[str, Any]:
         # the UNet forward, the backward pass through it (and the loss encoders), DINO, and each CLIP model's image
         # and text towers: the required network work of a translation (benchmark.py perf's census)

@@ -71,6 +71,7 @@ class DinoFeatures(nn.Module):
         self.block = block % extractor.num_blocks
         self.short_side = short_side
         self.antialias = antialias
+        self.trunk = DinoTrunk(extractor, self.block)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from eval.dino import self_similarity
@@ -79,19 +80,32 @@ class DinoFeatures(nn.Module):
         x = dino_input(images, self.short_side, antialias=self.antialias)
         p = ex.patch_size
         x = x[..., : x.shape[-2] // p * p, : x.shape[-1] // p * p]
-        blk = ex.model.blocks[self.block]
+        qkv, out = self.trunk(x)
+        b, t, _ = qkv.shape
+        keys = qkv.reshape(b, t, 3, ex.num_heads, ex.embed_dim // ex.num_heads)[:, :, 1].reshape(b, t, ex.embed_dim)
+        return keys, self_similarity(keys), out[:, 0]
+
+
+class DinoTrunk(nn.Module):
+    """The ViT itself up to `block` on normalised input: that block's qkv projection and output tokens. A module
+    of its own so that `benchmark.py perf` times the network apart from the pre/post-processing around it."""
+
+    def __init__(self, extractor: Any, block: int) -> None:
+        super().__init__()
+        self.vit = extractor.model
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        blk = self.vit.blocks[self.block]
         got: dict[str, torch.Tensor] = {}
         hooks = [blk.attn.qkv.register_forward_hook(lambda _m, _i, o: got.__setitem__("qkv", o)),
                  blk.register_forward_hook(lambda _m, _i, o: got.__setitem__("out", o))]
         try:
-            ex.model.forward_intermediates(x, indices=[self.block], stop_early=True, intermediates_only=True)
+            self.vit.forward_intermediates(x, indices=[self.block], stop_early=True, intermediates_only=True)
         finally:
             for h in hooks:
                 h.remove()
-        qkv = got["qkv"]
-        b, t, _ = qkv.shape
-        keys = qkv.reshape(b, t, 3, ex.num_heads, ex.embed_dim // ex.num_heads)[:, :, 1].reshape(b, t, ex.embed_dim)
-        return keys, self_similarity(keys), got["out"][:, 0]
+        return got["qkv"], got["out"]
 
 
 def ssim_loss(sim: torch.Tensor, sim_src: torch.Tensor) -> torch.Tensor:

@@ -177,9 +177,11 @@ class DiffuseITEngine:
         return self._identity[path]
 
     def networks(self, clip_ids: Sequence[str], dino_size: int) -> dict[str, Any]:
-        nets: dict[str, Any] = {"unet": self.unet, "unet.backward": self.backward_pass, "dino": self.dino(dino_size)}
+        # the ViTs themselves, not the resizing/normalisation and key/similarity arithmetic around them
+        nets: dict[str, Any] = {"unet": self.unet, "unet.backward": self.backward_pass,
+                                "dino": self.dino(dino_size).trunk}
         for mid, (views, text) in zip(clip_ids, self.clip(clip_ids)):
-            nets[f"clip[{mid}].image"] = views
+            nets[f"clip[{mid}].image"] = getattr(getattr(views.clip, "model", None), "visual", views)
             nets[f"clip[{mid}].text"] = text
         return nets
 

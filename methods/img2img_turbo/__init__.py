@@ -156,6 +156,13 @@ class Pix2PixTurbo(_TurboBase):
         return {"text_encoder": self.prompt_encoder.text_encoder, "vae.encoder": g.vae.encoder, "unet": g.unet,
                 "vae.decoder": g.vae.decoder}
 
+    @classmethod
+    def perf_modes(cls) -> dict[str, Any]:
+        """Deterministic and stochastic (noise map blended with strength r, the card's default r)."""
+        from ..base import PerfMode
+
+        return {"deterministic": PerfMode({"mode": "deterministic"}), "stochastic": PerfMode({"mode": "stochastic"})}
+
     def prepare_condition(self, batch: TranslationInput) -> Any:
         """The [0, 1] condition the generator encodes (paired inputs are NOT mapped to [-1, 1]: PairedDataset)."""
         import torch
@@ -236,6 +243,15 @@ class CycleGANTurbo(_TurboBase):
         res = config["resolution"]
         if res is not None and (int(res) <= 0 or int(res) % 8):
             raise InputError(f"cyclegan-turbo: resolution must be None or a positive multiple of 8, got {res}")
+
+    @classmethod
+    def perf_modes(cls) -> dict[str, Any]:
+        """a2b and b2a: the same UNet, each direction its own VAE."""
+        from functools import partial
+
+        from ..base import PerfMode, perf_input
+
+        return {d: PerfMode({}, partial(perf_input, direction=d)) for d in ("a2b", "b2a")}
 
     def networks(self) -> dict[str, Any]:
         g = self.gen

@@ -135,11 +135,20 @@ class Pix2PixZero(Translator):
 
     def networks(self) -> dict[str, Any]:
         e = self.engine
-        # The backward pass through the UNet (one per guided edit step) and the noise regularizer's gradient steps
-        # are required work of the algorithm (its cross-attention guidance and noise regularization); they are
-        # modules so the census times them.
+        # The backward pass through the UNet (one per guided edit step) is network work of the algorithm (its
+        # cross-attention guidance); the noise regularizer's gradient steps act on the noise map alone (no network)
+        # and count as overhead.
         return {"text_encoder": e.text_encoder, "vae.encoder": e.vae.encoder, "unet": e.unet,
-                "unet.backward": e.backward_pass, "noise_regularizer": e.regularizer, "vae.decoder": e.vae.decoder}
+                "unet.backward": e.backward_pass, "vae.decoder": e.vae.decoder}
+
+    @classmethod
+    def perf_modes(cls) -> dict[str, Any]:
+        """Real-image editing (inversion + edit; the inversion cache off, so each call inverts) and synthetic
+        generation from noise (no inversion)."""
+        from ..base import PerfMode
+
+        return {"real": PerfMode({"mode": "real", "cache_inversions": False}),
+                "synthetic": PerfMode({"mode": "synthetic"})}
 
     def translate(self, batch: TranslationInput, *, generator: Any | Sequence[Any] | None = None
                   ) -> TranslationOutput:
