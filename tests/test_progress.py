@@ -41,6 +41,8 @@ def test_third_party_output_goes_to_run_log_not_the_terminal(tmp_path, capfd):
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
+    tlog.enable_progress_bar()  # loading a model in an earlier test may have turned them off
+    dlog.enable_progress_bar()
     with progress.session(tmp_path, quiet=False, stream=io.StringIO()):
         assert not tlog.is_progress_bar_enabled() and not dlog.is_progress_bar_enabled()
         warnings.warn("zoo python warning", UserWarning, stacklevel=1)
