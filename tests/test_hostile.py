@@ -60,8 +60,9 @@ HOSTILE_PLUGIN = textwrap.dedent("""
             if "slow" in ids:
                 time.sleep(0.5)
             out = batch.images.clone()
-            if "range" in ids:
-                out = out * 2 - 1
+            for i, sample_id in enumerate(ids):  # per sample: a batched run must pin the failure on this one
+                if sample_id == "range":
+                    out[i] = out[i] * 2 - 1
             return TranslationOutput(images=out)
 """)
 
@@ -377,7 +378,9 @@ def test_base_exception_and_system_exit_in_a_method_are_its_failures(tmp_path, h
 def test_a_batch_past_the_timeout_is_a_timeout_failure_and_the_run_goes_on(tmp_path, hostile):
     _task("test-hang", ["hang", "ok"])
     t0 = time.monotonic()
-    out = run(_cfg(tmp_path / "r", methods=[hostile], tasks=["test-hang"], timeout=0.5), registry=methods).run_dir
+    # one sample per batch: a timed-out batch is recorded whole (retrying it would multiply the wait)
+    out = run(_cfg(tmp_path / "r", methods=[hostile], tasks=["test-hang"], timeout=0.5, batch_size=1),
+              registry=methods).run_dir
     assert time.monotonic() - t0 < 30
     fails = _fails(out, hostile)
     assert list(fails) == ["hang"] and fails["hang"]["phase"] == "timeout"
