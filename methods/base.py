@@ -354,13 +354,13 @@ class Translator(ABC):
     @classmethod
     def weights_provenance(cls, source: str) -> WeightsProvenance:
         """Where the weights loaded from `source` come from (see `eval.vocab.WEIGHTS_KINDS`), without loading
-        them. The default: "none" for no weights, "random" for a tiny preset, "converted-official" for an
+        them. The default: "none" for no weights, "random" for a tiny or full-random preset, "converted-official" for an
         authors' checkpoint file (.pt / .pth / .pkl / .ckpt, local or URL), otherwise "real". Methods whose
         default weights are an untrained initialisation override this."""
         s = str(source)
         if s in ("", "none"):
             kind = "none"
-        elif s.startswith("tiny:"):
+        elif s.startswith(("tiny:", "full-random:")):  # toy-size or full-size random init
             kind = "random"
         elif s.lower().endswith((".pt", ".pth", ".pkl", ".ckpt")):
             kind = "converted-official"

@@ -452,8 +452,11 @@ def load_backbone(source: str, backbone: str, dtype: Any) -> tuple[Any, dict[str
         raise WeightsNotFoundError(
             f"{path} is neither an ADM checkpoint file nor a converted diffusers dir (unet/config.json missing); pass "
             "256x256_diffusion_uncond.pt or a dir written by methods.diffuseit.convert.write_converted")
+    from ..common.full_random import is_random_init, random_part
+
     try:
-        unet = UNet2DModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
+        unet = random_part(UNet2DModel, path, "unet", dtype) if is_random_init(path) else \
+            UNet2DModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
     except (OSError, ValueError, KeyError) as e:
         raise WeightsNotFoundError(f"{path}/unet could not be loaded ({type(e).__name__}: "
                                    f"{str(e).splitlines()[0][:300]}); re-convert or re-download it") from None

@@ -31,7 +31,7 @@ MODES = ("deterministic", "stochastic")
 
 
 def _weights(method: str) -> dict[str, str]:
-    out = {"paper": BASE_MODEL, "tiny": "tiny:sd-turbo"}
+    out = {"paper": BASE_MODEL, "tiny": "tiny:sd-turbo", "full-random": "full-random:sd-turbo"}
     out.update({name: c.url for name, c in official_for(method).items()})
     return out
 
