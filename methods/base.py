@@ -373,6 +373,13 @@ class Translator(ABC):
         overhead ratio (time of a translation over the time spent inside these networks). Top level only."""
         return {}
 
+    def apply_speed_options(self, **options: Any) -> dict[str, str]:
+        """Opt-in speed options on this method's networks (channels_last, attention="sdpa"|"classic", compile,
+        vae_fp16_fallback, cpu_offload; see `methods.common.speed`), in place; returns what was applied."""
+        from .common.speed import apply_speed_options
+
+        return apply_speed_options(self, **options)
+
     # -- trainable methods override these -------------------------------------------------------------
     @classmethod
     def resolve_train_config(cls, preset: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -176,7 +176,7 @@ def random_part(cls: Any, path: Path, sub: str, dtype: Any = None) -> Any:
             model = cls(cls.config_class.from_pretrained(path, subfolder=sub))
         else:  # diffusers ConfigMixin
             model = cls.from_config(cls.load_config(path, subfolder=sub))
-    return model if dtype is None else model.to(dtype=dtype)
+    return model if dtype is None or dtype == torch.float32 else model.to(dtype=dtype)
 
 
 def weights_id(name: str) -> str:
