@@ -48,7 +48,8 @@ def test_inference_in_half_precision_is_finite_and_close_to_float32(name, dtype)
                                            "checkpointing_steps": 0, "max_train_steps": 1}),
     ("piti", "sample-mask", {"checkpointing_steps": 0, "max_steps": 1}),
 ])
-@pytest.mark.filterwarnings("ignore:.*collapse to identity")  # CycleGAN-Turbo's mixed-precision caveat, tested elsewhere
+@pytest.mark.filterwarnings("ignore:.*collapse to identity")  # CycleGAN-Turbo's mixed-precision caveat (tested
+#                                                               in test_img2img_turbo_training.py)
 def test_one_mixed_precision_training_step_gives_finite_losses(name, task, opts, precision):
     from datasets import get_task
 

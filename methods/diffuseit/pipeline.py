@@ -184,6 +184,10 @@ class DiffuseITEngine:
         return nets
 
     def unet_out(self, x: torch.Tensor, t_model: torch.Tensor) -> torch.Tensor:
+        # Only the UNet runs in the run's dtype. Kept float32: the sampler's posterior math and the MCG / resampling
+        # updates (differences of nearly equal values over 1000 steps), and the DINO / CLIP guidance losses with their
+        # encoders (loaded in float32): their x1000-x3000 weighted gradients overflow float16 and lose the small
+        # key-similarity differences in bfloat16.
         return self.unet(x.to(self.dtype), t_model.to(self.device)).sample.float()
 
     # -- one translate call ------------------------------------------------------------------------------------
