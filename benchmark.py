@@ -206,9 +206,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="a method option; comma-separated values sweep it (sdedit.strength=0.3,0.5,0.7)")
     p.add_argument("--no-eval", dest="evaluate", action="store_const", const=False,
                    help="generate only: skip metrics and the report")
-    p.add_argument("--eval-preset", choices=("tiny", "paper"),
-                   help="metric encoders: toy random ones (tiny) or the real architectures, with real weights where "
-                        "available (paper); default follows --preset")
+    p.add_argument("--eval-preset", choices=("tiny", "paper", "full-random"),
+                   help="metric encoders: toy random ones (tiny), the real architectures with real weights where "
+                        "available (paper), or with random weights (full-random); default follows --preset")
     p.add_argument("--figures", metavar="FORMATS",
                    help="figure files: png (default) or png,pdf (PDF copies for papers)")
     p.add_argument("--threads", type=int,

@@ -556,7 +556,8 @@ def _evaluate(run_dir: Path, cfg: RunConfig, labels: list[str], tasks: dict[str,
     from eval.store import atomic_write_json, atomic_write_text
 
     specs = metric_specs()
-    preset = cfg.eval_preset or ("tiny" if cfg.preset.startswith("tiny") else "paper")
+    preset = cfg.eval_preset or ("tiny" if cfg.preset.startswith("tiny") else
+                                 "full-random" if cfg.preset == "full-random" and not cfg.weights else "paper")
     per_frames, dist_rows, used = [], [], set()
     for method in labels:
         for tname, (task, samples) in tasks.items():
