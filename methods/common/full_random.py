@@ -165,12 +165,18 @@ def seed_for(sub: str) -> int:
     return SEED + zlib.crc32(sub.encode()) % 10_000
 
 
-def random_part(cls: Any, path: Path, sub: str, dtype: Any = None) -> Any:
+def random_part(cls: Any, path: Path, sub: str, dtype: Any = None, device: Any = None) -> Any:
     """`cls` built from `<path>/<sub>`'s config with seeded random weights: the `from_pretrained` of a full-random
-    snapshot. diffusers models via `from_config(load_config(...))`, transformers models via their config class."""
+    snapshot. diffusers models via `from_config(load_config(...))`, transformers models via their config class.
+    `device`: build (and initialise) there directly (a GPU initialises 866 M parameters in well under a second;
+    the weights then come from that device's generator, seeded the same)."""
+    import contextlib
+
     import torch
 
-    with torch.random.fork_rng(devices=[]):
+    dev = torch.device(device) if device is not None else None
+    cuda = [dev.index or 0] if dev is not None and dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), (dev if dev is not None else contextlib.nullcontext()):
         torch.manual_seed(seed_for(sub))
         if hasattr(cls, "config_class") and hasattr(cls.config_class, "from_pretrained"):  # transformers
             model = cls(cls.config_class.from_pretrained(path, subfolder=sub))

@@ -264,7 +264,7 @@ def load_sd(source: str | os.PathLike, *, device: Any = "cpu", dtype: Any = None
 
     def part(cls: Any, sub: str, **kw: Any) -> Any:
         if random_init:  # a full-random snapshot: the same config files, seeded random weights instead of a read
-            return random_part(cls, path, sub, kw.get("torch_dtype"))
+            return random_part(cls, path, sub, kw.get("torch_dtype"), device=device)
         try:
             return cls.from_pretrained(path, subfolder=sub, **kw)
         except (OSError, ValueError, KeyError) as e:  # a missing/partial file: say which folder, not a deep trace
