@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""i2i-zoo command line: run | rerun | list | report | perf | assets | train | data.
+"""i2i-zoo command line: run | rerun | list | report | perf | gpucheck | assets | train | data.
 
 `python benchmark.py` alone runs the default benchmark: every registered method that fits the bundled sample
 suite, tiny presets, CPU, into runs/default/, and ends with the report. `python benchmark.py --methods a b
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
-SUBCOMMANDS = ("run", "rerun", "list", "report", "perf", "assets", "train", "data")
+SUBCOMMANDS = ("run", "rerun", "list", "report", "perf", "gpucheck", "assets", "train", "data")
 
 
 def _run_config(args: argparse.Namespace):  # noqa: ANN202 - RunConfig, imported lazily
@@ -104,6 +104,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     require_run_dir(Path(args.run_dir), "report")  # never writes report.md / tables/ into a foreign folder
     md, html = write_report(Path(args.run_dir), figure_formats=_figure_formats(args.figures, Path(args.run_dir)))
     print(f"report: {md}\n        {html}")
+    return 0
+
+
+def cmd_gpucheck(args: argparse.Namespace) -> int:
+    import methods
+    from eval.harness import parse_overrides
+    from eval.harness.gpucheck import GPUCHECK_DIR, gpucheck, markdown
+    from eval.harness.threads import apply_thread_policy
+
+    apply_thread_policy(args.threads, tiny=args.preset.startswith("tiny"))
+    record = gpucheck(args.out, registry=methods, device=args.device, preset=args.preset, weights=args.weights,
+                      dtypes=args.dtypes.split(","), methods=args.methods, resolution=args.resolution,
+                      speed=not args.no_speed, train=not args.no_train, budget_s=args.budget,
+                      speed_options=args.speed_options.split(",") if args.speed_options else None,
+                      overrides=parse_overrides(args.set))
+    print(markdown(record))
+    print(f"results: {(Path(args.out) / GPUCHECK_DIR).resolve()}/gpucheck.{{json,md}}")
     return 0
 
 
@@ -205,9 +222,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="a method option; comma-separated values sweep it (sdedit.strength=0.3,0.5,0.7)")
     p.add_argument("--no-eval", dest="evaluate", action="store_const", const=False,
                    help="generate only: skip metrics and the report")
-    p.add_argument("--eval-preset", choices=("tiny", "paper"),
-                   help="metric encoders: toy random ones (tiny) or the real architectures, with real weights where "
-                        "available (paper); default follows --preset")
+    p.add_argument("--eval-preset", choices=("tiny", "paper", "full-random"),
+                   help="metric encoders: toy random ones (tiny), the real architectures with real weights where "
+                        "available (paper), or with random weights (full-random); default follows --preset")
     p.add_argument("--figures", metavar="FORMATS",
                    help="figure files: png (default) or png,pdf (PDF copies for papers)")
     p.add_argument("--threads", type=int,
@@ -250,6 +267,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="+", action="extend", metavar="METHOD.OPTION=VALUE")
     p.add_argument("--out", default="runs/default", help="writes OUT/perf/perf.csv (and updates OUT's report)")
     p.set_defaults(func=cmd_perf)
+
+    p = sub.add_parser("gpucheck", help="one-shot GPU check: every method at paper resolution in fp16/bf16, speed "
+                       "options, a CycleGAN-Turbo training step; JSON + Markdown table", formatter_class=fmt)
+    p.add_argument("--out", required=True, help="writes OUT/gpucheck/gpucheck.json and gpucheck.md")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--preset", default="full-random", help="full-random (real sizes, random weights) or tiny")
+    p.add_argument("--weights", help="real weights for a single method (with --methods)")
+    p.add_argument("--methods", nargs="+", help="method names (default: all)")
+    p.add_argument("--dtypes", default="float16,bfloat16", help="comma-separated dtypes, each measured")
+    p.add_argument("--resolution", type=int, help="one input size for all (default: each paper's)")
+    p.add_argument("--budget", type=float, default=450.0, help="seconds; what would start later is skipped")
+    p.add_argument("--no-speed", action="store_true", help="skip the speed-option rows")
+    p.add_argument("--speed-options", help="comma-separated subset of channels_last, attention=classic, "
+                   "vae_fp16_fallback, cpu_offload, compile (default: all)")
+    p.add_argument("--no-train", action="store_true", help="skip the CycleGAN-Turbo training step")
+    p.add_argument("--threads", type=int, help="CPU threads (default: as for run)")
+    p.add_argument("--set", nargs="+", metavar="METHOD.OPTION=VALUE")
+    p.set_defaults(func=cmd_gpucheck)
 
     p = sub.add_parser("assets", help="offline real weights for FID Inception and LPIPS: fetch | list")
     p.add_argument("action", choices=("fetch", "list"))

@@ -90,6 +90,8 @@ def resolve_clip(model_id: str = DEFAULT_METRIC_CLIP, preset: str = "paper",
     if preset == "tiny":
         return "random", f"tiny open_clip ViT (stands in for {model_id}), random init seed {RANDOM_SEED}", None
     name, tag = parse_model_id(model_id)
+    if preset == "full-random":
+        return "random", f"open_clip {name} at full size, random init seed {RANDOM_SEED} (full-random preset)", None
     if source is not None:
         return "real", f"local file {source}", Path(source)
     if name.startswith("local-dir:"):
@@ -251,13 +253,13 @@ def _load_clip(model_id: str, preset: str, device: str, source: str | Path | Non
                 raise
             weights, origin = "random", f"open_clip {model_id} weights unavailable ({type(exc).__name__}); random init"
     if model is None:
-        if strict:
+        if strict and preset == "paper":
             raise FileNotFoundError(f"No real CLIP weights for {model_id}: {origin}. Pass source=<weights file or "
                                     "open_clip dir>, run online once to fill the hub cache, or use preset='tiny'.")
         model = seeded_init(RANDOM_SEED, lambda: open_clip.create_model(name, force_quick_gelu=quick_gelu))
         file = None
     info = EncoderInfo("clip", model_id, preset, weights, origin, str(file) if file else None, "")
-    if weights == "random":
+    if weights == "random" and preset == "paper":
         warn_random(info, origin)
     return _finish(model, open_clip.get_tokenizer(name), info, model_id, device)
 

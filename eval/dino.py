@@ -311,6 +311,8 @@ def resolve_dino(preset: str = "paper", source: str | Path | None = None, model:
     m = get_dino_model(model)
     if preset == "tiny":
         return "random", f"tiny {m.arch} {m.tiny_kwargs}, random init seed {m.tiny_seed}", None
+    if preset == "full-random":
+        return "random", f"{m.arch} at full size, random init seed {RANDOM_SEED} (full-random preset)", None
     if source is not None:
         return "real", f"local file {source}", Path(source)
     hit = _hub_file(m)
@@ -388,8 +390,8 @@ def _load_dino(preset: str, device: str, source: str | Path | None, strict: bool
             file = _hub_file(m) or file
         except Exception as exc:  # hub/network errors come in many types
             weights, origin = "random", f"hub timm/{m.pretrained} failed ({type(exc).__name__}); random init"
-    if weights == "random" and preset == "paper":
-        if strict:
+    if weights == "random" and preset in ("paper", "full-random"):
+        if strict and preset == "paper":
             raise FileNotFoundError(f"No real {m.label} weights: {origin}. Pass source=<weights .pth or "
                                     ".safetensors>, run online once to fill the hub cache, or use preset='tiny'.")
         model = seeded_init(RANDOM_SEED, lambda: _create(m.arch, {}))

@@ -19,11 +19,13 @@ from typing import Any, TypeVar
 
 from eval.store import cache_dir
 
-PRESETS = ("paper", "tiny")
+PRESETS = ("paper", "tiny", "full-random")
 """`paper`: the paper's architecture with its real weights when they can be had (asset cache, local file, hub, or
 canonical download), otherwise the same architecture randomly initialised and labelled "random" (the FID Inception
 has no random fallback: it raises). `tiny`: toy-size architectures, random init with a fixed seed, written once to
-the cache in the on-disk layout of the real weights and loaded through the same code path (tests, CI, default run)."""
+the cache in the on-disk layout of the real weights and loaded through the same code path (tests, CI, default run).
+`full-random`: the paper's architecture at full size, always random (seed 0), built in memory and labelled "random"
+(speed and memory at real scale without any download; numbers say nothing about quality)."""
 
 WEIGHTS_LABELS = ("real", "random")
 

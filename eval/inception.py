@@ -260,22 +260,28 @@ def build_inception(state_dict: dict[str, torch.Tensor], width_div: int = 1) -> 
     return net.eval()
 
 
+def _random_state(width_div: int) -> dict[str, torch.Tensor]:
+    """Seeded random weights of the network with channels / `width_div` (He init keeps activations alive through
+    the ReLU stack)."""
+    def make() -> dict[str, torch.Tensor]:
+        sd = {}
+        for name, tensor in FIDInceptionV3(width_div).state_dict().items():
+            if name.endswith(".weight"):
+                sd[name] = torch.randn(tensor.shape) * (2.0 / tensor[0].numel()) ** 0.5
+            else:
+                sd[name] = tensor.clone()
+        return sd
+
+    return seeded_init(TINY_SEED, make)
+
+
 def _tiny_file() -> Path:
     """The tiny preset: the same network with channels / 16, random weights (seed 0), written once as safetensors."""
     path = tiny_dir("inception") / f"inception-tiny-div{TINY_WIDTH_DIV}-seed{TINY_SEED}.safetensors"
     if path.exists():
         return path
 
-    def make() -> dict[str, torch.Tensor]:
-        sd = {}
-        for name, tensor in FIDInceptionV3(TINY_WIDTH_DIV).state_dict().items():
-            if name.endswith(".weight"):  # He init keeps activations alive through the ReLU stack
-                sd[name] = torch.randn(tensor.shape) * (2.0 / tensor[0].numel()) ** 0.5
-            else:
-                sd[name] = tensor.clone()
-        return sd
-
-    sd = seeded_init(TINY_SEED, make)
+    sd = _random_state(TINY_WIDTH_DIV)
     with atomic_path(path) as tmp:
         save_file(sd, str(tmp), metadata={"width_div": str(TINY_WIDTH_DIV), "weights": "random",
                                           "seed": str(TINY_SEED)})
@@ -287,6 +293,8 @@ def resolve_inception(preset: str = "paper", source: str | Path | None = None) -
     check_preset(preset)
     if preset == "tiny":
         return "random", f"tiny preset: channels/{TINY_WIDTH_DIV}, random init seed {TINY_SEED}", None
+    if preset == "full-random":
+        return "random", f"full width, random init seed {TINY_SEED} (full-random preset; built in memory)", None
     if source is not None:
         return "real", f"local file {source}", Path(source)
     asset = assets_dir() / INCEPTION_ASSET
@@ -330,6 +338,9 @@ def load_inception(preset: str = "paper", device: str = "cpu", *,
 
 def _load_inception(preset: str, device: str, source: str | Path | None) -> InceptionFeatures:
     weights, origin, file = resolve_inception(preset, source)
+    if preset == "full-random":  # the real network at full width, random, never written to disk
+        info = EncoderInfo("inception", "inception-v3-tf-2015-12-05", preset, weights, origin, None, PREPROCESSING)
+        return freeze(InceptionFeatures(build_inception(_random_state(1)), info).to(device))
     if preset == "tiny":
         file = _tiny_file()
     elif weights == "missing":

@@ -117,8 +117,8 @@ def resolve_lpips(net: str = "alex", preset: str = "paper",
                   source: str | Path | None = None) -> tuple[str, str, Path | None]:
     """Where the LPIPS backbone would come from, without loading it: (weights label, source, file or None)."""
     net, preset = _check_net(net), check_preset(preset)
-    if preset == "tiny":
-        return "random", f"random backbone, torchvision init seed {RANDOM_SEED} (tiny preset)", None
+    if preset in ("tiny", "full-random"):  # both: the real backbone architecture, random (it is small)
+        return "random", f"random backbone, torchvision init seed {RANDOM_SEED} ({preset} preset)", None
     if source is not None:
         return "real", f"local file {source}", Path(source)
     asset = assets_dir() / ASSET_FILES.get(net, "-")  # no PyPI asset for squeeze

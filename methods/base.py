@@ -381,13 +381,13 @@ class Translator(ABC):
     @classmethod
     def weights_provenance(cls, source: str) -> WeightsProvenance:
         """Where the weights loaded from `source` come from (see `eval.vocab.WEIGHTS_KINDS`), without loading
-        them. The default: "none" for no weights, "random" for a tiny preset, "converted-official" for an
+        them. The default: "none" for no weights, "random" for a tiny or full-random preset, "converted-official" for an
         authors' checkpoint file (.pt / .pth / .pkl / .ckpt, local or URL), otherwise "real". Methods whose
         default weights are an untrained initialisation override this."""
         s = str(source)
         if s in ("", "none"):
             kind = "none"
-        elif s.startswith("tiny:"):
+        elif s.startswith(("tiny:", "full-random:")):  # toy-size or full-size random init
             kind = "random"
         elif s.lower().endswith((".pt", ".pth", ".pkl", ".ckpt")):
             kind = "converted-official"
@@ -408,6 +408,13 @@ class Translator(ABC):
         whose cost differs (text- vs image-guided, deterministic vs stochastic, ...). Options are read at
         translate time. Default: one mode on `perf_input` (images, condition, reference, prompts)."""
         return {"default": PerfMode()}
+
+    def apply_speed_options(self, **options: Any) -> dict[str, str]:
+        """Opt-in speed options on this method's networks (channels_last, attention="sdpa"|"classic", compile,
+        vae_fp16_fallback, cpu_offload; see `methods.common.speed`), in place; returns what was applied."""
+        from .common.speed import apply_speed_options
+
+        return apply_speed_options(self, **options)
 
     # -- trainable methods override these -------------------------------------------------------------
     @classmethod

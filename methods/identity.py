@@ -18,7 +18,7 @@ class Identity(Translator):
         url="",
         kinds=frozenset({"unpaired", "paired", "text-edit", "image-guided", "mask-to-image", "sketch-to-image"}),
         needs_training=False,
-        weights={"paper": "none", "tiny": "none"},
+        weights={"paper": "none", "tiny": "none", "full-random": "none"},
         defaults={},
         license="MIT",
         reference=True,

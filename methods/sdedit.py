@@ -42,6 +42,7 @@ class SDEdit(Translator):
             "sd-turbo": "stabilityai/sd-turbo",
             "tiny": "tiny:sd-1.4",
             "tiny-turbo": "tiny:sd-turbo",
+            "full-random": "full-random:sd-1.4",
         },
         defaults={
             "strength": HParam(0.5, "SDEdit §4/§5: t0 in [0.3, 0.6] trades realism for faithfulness; 0.5 mid-range"),

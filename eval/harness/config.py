@@ -52,7 +52,8 @@ class RunConfig:
     resolution: int | None = None
     quiet: bool = False
     evaluate: bool = True
-    eval_preset: str | None = None  # encoders of the metrics: "tiny" | "paper" (default: follows `preset`)
+    eval_preset: str | None = None  # encoders of the metrics: "tiny" | "paper" | "full-random" (default: follows
+    #                                 `preset`)
     figures: list[str] | str = field(default_factory=lambda: ["png"])  # "png" (default) or "png,pdf"
     threads: int | None = None  # CPU intra-op threads per process (default: eval.harness.threads.thread_policy)
     timeout: float | None = None  # seconds per batch; a batch past it is a failure of phase "timeout"
@@ -76,8 +77,8 @@ class RunConfig:
         if self.timeout is not None and (isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float))
                                          or not self.timeout > 0 or self.timeout == float("inf")):
             raise ConfigError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
-        if self.eval_preset not in (None, "tiny", "paper"):
-            raise ConfigError(f"eval_preset must be 'tiny' or 'paper', got {self.eval_preset!r}")
+        if self.eval_preset not in (None, "tiny", "paper", "full-random"):
+            raise ConfigError(f"eval_preset must be 'tiny', 'paper' or 'full-random', got {self.eval_preset!r}")
         if not isinstance(self.overrides, Mapping) or not all(isinstance(v, Mapping) for v in self.overrides.values()):
             raise ConfigError("per-method options must be a mapping {method: {option: value}}")
         self.overrides = {m: dict(opts) for m, opts in self.overrides.items()}

@@ -672,7 +672,8 @@ def _evaluate(run_dir: Path, cfg: RunConfig, labels: list[str], tasks: dict[str,
     from eval.store import atomic_write_json, atomic_write_text
 
     specs = metric_specs()
-    preset = cfg.eval_preset or ("tiny" if cfg.preset.startswith("tiny") else "paper")
+    preset = cfg.eval_preset or ("tiny" if cfg.preset.startswith("tiny") else
+                                 "full-random" if cfg.preset == "full-random" and not cfg.weights else "paper")
     per_frames, dist_rows, used = [], [], set()
     prog = progress.active()
     todo = [(m, t) for m in labels for t in tasks if (run_dir / OUTPUTS / m / t).is_dir()]

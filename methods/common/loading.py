@@ -42,6 +42,13 @@ def resolve(source: str | os.PathLike, *, allow_patterns: list[str] | None = Non
         from .tiny import build_tiny
 
         return build_tiny(s.removeprefix("tiny:"))
+    if s.startswith("full-random:"):
+        from .full_random import build_full_random
+
+        try:
+            return build_full_random(s.removeprefix("full-random:"))
+        except KeyError as e:
+            raise WeightsNotFoundError(str(e).strip("'\"")) from None
     path = Path(s).expanduser()
     if path.exists():
         return path.resolve()
@@ -105,6 +112,10 @@ def weights_id(source: str | os.PathLike, path: Path) -> str:
         from .tiny import TINY_VERSION
 
         return f"{s}@v{TINY_VERSION}"
+    if s.startswith("full-random:"):
+        from .full_random import weights_id as full_random_id
+
+        return full_random_id(s.removeprefix("full-random:"))
     parts = path.parts
     if "snapshots" in parts:  # HF cache layout: .../models--org--name/snapshots/<revision>/
         return f"hub:{s}@{parts[parts.index('snapshots') + 1]}"
@@ -119,8 +130,8 @@ def weights_id(source: str | os.PathLike, path: Path) -> str:
 def weights_identity(source: str | os.PathLike) -> str:
     """`weights_id` without loading or downloading anything (for cache keys computed before a model loads)."""
     s = str(source)
-    if s.startswith("tiny:") or s in {"none", ""}:
-        return weights_id(s, Path(s)) if s.startswith("tiny:") else "none"
+    if s.startswith(("tiny:", "full-random:")) or s in {"none", ""}:
+        return "none" if s in {"none", ""} else weights_id(s, Path(s))
     path = Path(s).expanduser()
     if path.exists():
         return weights_id(s, path.resolve())
@@ -272,7 +283,13 @@ def load_sd(source: str | os.PathLike, *, device: Any = "cpu", dtype: Any = None
     sched_cls = getattr(diffusers, sched_cfg.get("_class_name", ""), None)
     if not (isinstance(sched_cls, type) and issubclass(sched_cls, SchedulerMixin)):
         raise WeightsNotFoundError(f"{path}/scheduler names an unknown scheduler {sched_cfg.get('_class_name')!r}")
+    from .full_random import is_random_init, random_part
+
+    random_init = is_random_init(path)
+
     def part(cls: Any, sub: str, **kw: Any) -> Any:
+        if random_init:  # a full-random snapshot: the same config files, seeded random weights instead of a read
+            return random_part(cls, path, sub, kw.get("torch_dtype"), device=device)
         try:
             return cls.from_pretrained(path, subfolder=sub, **kw)
         except (OSError, ValueError, KeyError) as e:  # a missing/partial file: say which folder, not a deep trace

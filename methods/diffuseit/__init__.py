@@ -56,7 +56,8 @@ class DiffuseIT(Translator):
         url="https://arxiv.org/abs/2209.15264",
         kinds=frozenset({"text-edit", "unpaired", "image-guided"}),
         needs_training=False,
-        weights={"paper": ADM_256_UNCOND_URL, "tiny": "tiny:adm-uncond"},
+        weights={"paper": ADM_256_UNCOND_URL, "tiny": "tiny:adm-uncond",
+                 "full-random": "full-random:adm-uncond"},
         defaults={
             "mode": HParam("auto", "ours: 'auto' = image-guided when a reference image is given, else text-guided "
                                    f"({_SRC} main.py: -tg target image vs -p/-s prompts)"),
@@ -166,7 +167,8 @@ class DiffuseIT(Translator):
         torch_dtype = parse_dtype(dtype)
         src = str(source) if source is not None else cls.card.weights_for(preset)
         unet, sched_cfg, wid, backbone = load_backbone(src, config["backbone"], torch_dtype)
-        encoders = "tiny" if preset == "tiny" or src.startswith("tiny:") else "paper"
+        encoders = "tiny" if preset == "tiny" or src.startswith("tiny:") else \
+            "full-random" if src.startswith("full-random:") else "paper"
         engine = DiffuseITEngine(unet.to(device), sched_cfg, device=device, dtype=torch_dtype, preset=encoders,
                                  backbone=backbone)
         return cls(engine, config, f"{wid}+{_encoder_identity(encoders, config)}")

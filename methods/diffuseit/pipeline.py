@@ -186,6 +186,10 @@ class DiffuseITEngine:
         return nets
 
     def unet_out(self, x: torch.Tensor, t_model: torch.Tensor) -> torch.Tensor:
+        # Only the UNet runs in the run's dtype. Kept float32: the sampler's posterior math and the MCG / resampling
+        # updates (differences of nearly equal values over 1000 steps), and the DINO / CLIP guidance losses with their
+        # encoders (loaded in float32): their x1000-x3000 weighted gradients overflow float16 and lose the small
+        # key-similarity differences in bfloat16.
         return self.unet(x.to(self.dtype), t_model.to(self.device)).sample.float()
 
     # -- one translate call ------------------------------------------------------------------------------------
@@ -454,8 +458,11 @@ def load_backbone(source: str, backbone: str, dtype: Any) -> tuple[Any, dict[str
         raise WeightsNotFoundError(
             f"{path} is neither an ADM checkpoint file nor a converted diffusers dir (unet/config.json missing); pass "
             "256x256_diffusion_uncond.pt or a dir written by methods.diffuseit.convert.write_converted")
+    from ..common.full_random import is_random_init, random_part
+
     try:
-        unet = UNet2DModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
+        unet = random_part(UNet2DModel, path, "unet", dtype) if is_random_init(path) else \
+            UNet2DModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
     except (OSError, ValueError, KeyError) as e:
         raise WeightsNotFoundError(f"{path}/unet could not be loaded ({type(e).__name__}: "
                                    f"{str(e).splitlines()[0][:300]}); re-convert or re-download it") from None

@@ -33,6 +33,7 @@ MODES = ("deterministic", "stochastic")
 def _weights(method: str) -> dict[str, str]:
     out = {"paper": BASE_MODEL, "tiny": "tiny:sd-turbo"}
     out.update({name: c.url for name, c in official_for(method).items()})
+    out["full-random"] = "full-random:sd-turbo"  # SD-Turbo at full size, random (speed and memory checks)
     return out
 
 

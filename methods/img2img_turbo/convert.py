@@ -352,7 +352,7 @@ def load_model(method: str, source: str | os.PathLike, *, base: str | None = Non
         comps = load_sd(s, device="cpu")
         gen = build_from_arch(kind, comps, default_arch(kind, *init_ranks), seed=seed)
         wid = f"{comps.weights_id}+untrained-init(seed={seed},r_unet={init_ranks[0]},r_vae={init_ranks[1]})"
-        if not s.startswith("tiny:"):
+        if not s.startswith(("tiny:", "full-random:")):
             warnings.warn(f"{method}: {s} is a base model, not a trained checkpoint: this is the untrained "
                           "initialisation (SD-Turbo one step on the encoded input). Train it (`benchmark.py train`) "
                           "or load an official checkpoint preset.", stacklevel=3)

@@ -745,8 +745,11 @@ class UnpairedTrainer(Trainer):
 def fit(model: Any, data: Any, overrides: dict[str, Any], *, callback: Any = None) -> None:
     """`Translator.fit` of both methods: resolve the training config, find the data, run the loop."""
     method = model.card.name
-    preset = "tiny" if str(model.loaded.base).startswith("tiny:") else "paper"
-    cfg = resolve_train_config(method, preset, overrides)
+    base = str(model.loaded.base)
+    # the loss encoders follow the base: tiny -> tiny encoders; full-random -> full-size random ones (the paper's
+    # training defaults, for speed/memory checks at real scale); else the real weights, required
+    preset = "tiny" if base.startswith("tiny:") else "full-random" if base.startswith("full-random:") else "paper"
+    cfg = resolve_train_config(method, "tiny" if preset == "tiny" else "paper", overrides)
     current = _current_rank(model)
     if model.loaded.trained:  # fine-tuning keeps the checkpoint's ranks; asking for others is an error
         for i, key in enumerate(("lora_rank_unet", "lora_rank_vae")):

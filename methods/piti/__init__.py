@@ -62,7 +62,7 @@ class PITI(Translator):
         url="https://arxiv.org/abs/2205.12952",
         kinds=frozenset({"mask-to-image", "sketch-to-image"}),
         needs_training=True,
-        weights={"paper": PAPER_HUB, "tiny": "tiny:piti"},
+        weights={"paper": PAPER_HUB, "tiny": "tiny:piti", "full-random": "full-random:piti"},
         defaults={
             "mode": HParam("auto", "ours: 'auto' = sketch models for grey (black/white) conditions, mask models "
                                    "otherwise; 'mask' / 'sketch' / 'depth' force one (PITI: one model pair per task)"),
@@ -240,6 +240,8 @@ def load_models(src: str, *, kinds: Sequence[str] | None = None, device: Any = "
         if src != f"tiny:{TINY_NAME}":
             raise WeightsNotFoundError(f"unknown PITI tiny preset {src!r}; use tiny:{TINY_NAME}")
         path, wid = build_tiny(), f"{src}@v{TINY_VERSION}"
+    elif src.startswith("full-random:"):
+        path, wid = resolve(src), weights_id(src, Path(src))
     else:
         local = Path(src).expanduser()
         if not local.exists() and src.startswith(("/", ".", "~")):

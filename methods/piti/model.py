@@ -178,10 +178,16 @@ class PITIModel(nn.Module):
     def from_pretrained(cls, path: str | os.PathLike, *, device: Any = "cpu", dtype: Any = None) -> PITIModel:
         """Load a project-format model directory (see module docstring)."""
         from ..base import WeightsNotFoundError
+        from ..common.full_random import is_random_init, seed_for
         from ..common.loading import load_state_file
 
         path = Path(path)
         cfg_file, weights = path / CONFIG_FILE, path / WEIGHTS_FILE
+        if cfg_file.is_file() and is_random_init(path):  # full-random preset: the config, seeded random weights
+            model = build_model(PITIConfig.from_dict(read_meta(path)["config"]), seed=seed_for(path.parent.name + "/"
+                                                                                               + path.name))
+            model.requires_grad_(False).eval()
+            return model.to(device=device, dtype=dtype or torch.float32)
         if not cfg_file.is_file() or not weights.is_file():
             raise WeightsNotFoundError(f"{path} is not a PITI model directory (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
         meta = read_meta(path)

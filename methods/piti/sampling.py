@@ -112,6 +112,8 @@ def sample_base(model: PITIModel, cond: torch.Tensor, gens: Sequence[torch.Gener
         pooled = torch.cat([pooled, pu.expand(b, -1)])
         tokens = torch.cat([tokens, tu.expand(b, -1, -1)])
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    # x_t, the guidance combination and the p_sample math stay float32 whatever the model dtype: 250 steps of
+    # posterior means from nearly equal terms drift in half precision; only the networks run in `dtype`
     x = _randn(gens, shape, device, torch.float32)
     for i in reversed(range(gd.num_timesteps)):
         t = torch.full((b,), i, dtype=torch.long, device=device)

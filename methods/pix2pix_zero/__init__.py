@@ -48,7 +48,8 @@ class Pix2PixZero(Translator):
         url="https://arxiv.org/abs/2302.03027",
         kinds=frozenset({"text-edit", "unpaired"}),
         needs_training=False,
-        weights={"paper": "CompVis/stable-diffusion-v1-4", "tiny": "tiny:sd-1.4"},
+        weights={"paper": "CompVis/stable-diffusion-v1-4", "tiny": "tiny:sd-1.4",
+                 "full-random": "full-random:sd-1.4"},
         defaults={
             "num_inversion_steps": HParam(50, f"{_SRC} src/inversion.py --num_ddim_steps 50"),
             "inversion_schedule": HParam(
