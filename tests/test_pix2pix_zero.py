@@ -533,6 +533,22 @@ def test_default_inversion_reproduces_the_authors_ddim_inversion(steps):
     assert rel > 0.3, rel
 
 
+def _record_ddim_steps(monkeypatch) -> list:
+    """Every DDIMScheduler.step's prev_sample, in call order (the trajectory the authors' numbers were read from)."""
+    from diffusers import DDIMScheduler
+
+    trajectory = []
+    step = DDIMScheduler.step
+
+    def recording_step(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        trajectory.append(out.prev_sample.detach().clone())
+        return out
+
+    monkeypatch.setattr(DDIMScheduler, "step", recording_step)
+    return trajectory
+
+
 # Produced by running pix2pix-zero's EditingPipeline.__call__ (src/utils/edit_pipeline.py, with its prep_unet /
 # MyCrossAttnProcessor from src/utils/cross_attention.py and BasePipeline from src/utils/base_pipeline.py),
 # pix2pixzero/pix2pix-zero 16e5c1dd, unmodified, under diffusers 0.12.1 + transformers 4.26.1 (torch 2.14, CPU), on the
@@ -584,7 +600,6 @@ def test_editing_reproduces_the_authors_editing_pipeline(monkeypatch):
     rounding (measured: edit trajectory rel <= 2.6e-6 per step, max abs 2.8e-5 on latents of magnitude ~14; images
     max abs 1.8e-6; reconstruction rel 3.5e-7)."""
     import skimage.data as skd
-    from diffusers import DDIMScheduler
     from PIL import Image
 
     img = Image.fromarray(skd.astronaut()).resize((64, 64), Image.LANCZOS)
@@ -597,15 +612,7 @@ def test_editing_reproduces_the_authors_editing_pipeline(monkeypatch):
            "lambda_ac": 0.0, "lambda_kl": 20.0}
     x_inv, _ = e.invert(x, cap, cond, [torch.Generator().manual_seed(77)], cfg)
     delta = e.directions.prompt_direction(cap[0], "a photo of a robot")
-    trajectory = []
-    step = DDIMScheduler.step
-
-    def recording_step(self, *args, **kwargs):
-        out = step(self, *args, **kwargs)
-        trajectory.append(out.prev_sample.detach().clone())
-        return out
-
-    monkeypatch.setattr(DDIMScheduler, "step", recording_step)
+    trajectory = _record_ddim_steps(monkeypatch)
     rec_lat, rec_std, rec_img = AUTHORS_EDIT_RECONSTRUCTION
     for xa, want in AUTHORS_EDIT.items():
         trajectory.clear()
@@ -645,7 +652,6 @@ def test_synthetic_editing_reproduces_the_authors_editing_pipeline(monkeypatch):
     """With a negative prompt ("", synthetic images) the reference pass runs real CFG: it and the guided edit pass
     equal the authors' EditingPipeline to float rounding (measured: edit trajectory rel <= 1.2e-6 per step,
     reconstruction rel 7.9e-7, image max abs 1.3e-6)."""
-    from diffusers import DDIMScheduler
 
     m = model(cache_inversions=False)
     e = m.engine
@@ -653,15 +659,7 @@ def test_synthetic_editing_reproduces_the_authors_editing_pipeline(monkeypatch):
     x = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(0))
     delta = e.directions.prompt_direction(cap[0], "a photo of a dog")
     cfg = {**m.config, "num_inference_steps": 10, "guidance_scale": 5.0, "xa_guidance": 2000.0}
-    trajectory = []
-    step = DDIMScheduler.step
-
-    def recording_step(self, *args, **kwargs):
-        out = step(self, *args, **kwargs)
-        trajectory.append(out.prev_sample.detach().clone())
-        return out
-
-    monkeypatch.setattr(DDIMScheduler, "step", recording_step)
+    trajectory = _record_ddim_steps(monkeypatch)
     r = e.edit(x, e.encode_text(cap), e.encode_text([""]), delta, cfg, reconstruction=True)
     want = AUTHORS_EDIT_SYNTHETIC
     assert torch.allclose(trajectory[1][0, :, 3, 2:6], torch.tensor(want["step1"]), atol=2e-5)
