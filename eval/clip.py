@@ -44,7 +44,7 @@ from eval.encoders import (
     tiny_dir,
     warn_random,
 )
-from eval.store import atomic_path, atomic_write_json
+from eval.store import atomic_write_json
 
 DEFAULT_METRIC_CLIP = "ViT-L-14/openai"
 """CLIP for the metrics: torchmetrics' CLIPScore default and the diffusers directional-similarity doc
@@ -200,19 +200,16 @@ class ClipModel(nn.Module):
 
 def _tiny_dir() -> Path:
     """The tiny preset as an open_clip local dir (open_clip_config.json + open_clip_model.safetensors)."""
-    path = tiny_dir("clip")
-    if not (path / "open_clip_model.safetensors").exists():
+
+    def build(folder: Path) -> None:
         preprocess = {"size": 224, "mean": list(open_clip.OPENAI_DATASET_MEAN),
                       "std": list(open_clip.OPENAI_DATASET_STD), "interpolation": "bicubic", "resize_mode": "shortest"}
-        atomic_write_json(path / "open_clip_config.json", {"model_cfg": TINY_CONFIG, "preprocess_cfg": preprocess})
+        atomic_write_json(folder / "open_clip_config.json", {"model_cfg": TINY_CONFIG, "preprocess_cfg": preprocess})
+        model = seeded_init(RANDOM_SEED, lambda: open_clip.create_model("local-dir:" + str(folder), load_weights=False))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  str(folder / "open_clip_model.safetensors"))
 
-        def build() -> nn.Module:
-            return open_clip.create_model("local-dir:" + str(path), load_weights=False)
-
-        model = seeded_init(RANDOM_SEED, build)
-        with atomic_path(path / "open_clip_model.safetensors") as tmp:
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    return path
+    return tiny_dir("clip", build, "tiny CLIP")
 
 
 def load_clip(model_id: str = DEFAULT_METRIC_CLIP, preset: str = "paper", device: str = "cpu", *,

@@ -37,7 +37,7 @@ from eval.encoders import (
     tiny_dir,
     warn_random,
 )
-from eval.store import atomic_path, atomic_write_json, read_json
+from eval.store import atomic_write_json, read_json
 
 DINO_PAPER_MODEL = "vit_base_patch8_224.dino"  # timm name of DINO ViT-B/8 (torch.hub dino_vitb8)
 DINO_ARCH = "vit_base_patch8_224"
@@ -348,15 +348,15 @@ def _build_from_file(arch: str, kwargs: dict, file: Path) -> nn.Module:
 
 def _tiny_dir(m: DinoModel) -> Path:
     """The tiny preset of `m`, written once as <dir>/config.json + model.safetensors (the layout a local model
-    uses). The ViT-B/8 stand-in keeps its original folder name "dino" (existing caches stay valid)."""
-    path = tiny_dir("dino" if m.key == DEFAULT_DINO else f"dino-{m.key}")
-    if not (path / "model.safetensors").exists():
+    uses)."""
+
+    def build(folder: Path) -> None:
         model = seeded_init(m.tiny_seed, lambda: _create(m.arch, m.tiny_kwargs))
-        atomic_write_json(path / "config.json", {"architecture": m.arch, "model_kwargs": m.tiny_kwargs,
-                                                 "weights": "random", "seed": m.tiny_seed})
-        with atomic_path(path / "model.safetensors") as tmp:
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    return path
+        atomic_write_json(folder / "config.json", {"architecture": m.arch, "model_kwargs": m.tiny_kwargs,
+                                                   "weights": "random", "seed": m.tiny_seed})
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+
+    return tiny_dir("dino" if m.key == DEFAULT_DINO else f"dino-{m.key}", build, f"tiny {m.label}")
 
 
 def load_dino(preset: str = "paper", device: str = "cpu", *, source: str | Path | None = None,

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from eval.store import cache_dir
+from eval.store import build_once, cache_dir
 
 PRESETS = ("paper", "tiny", "full-random")
 """`paper`: the paper's architecture with its real weights when they can be had (asset cache, local file, hub, or
@@ -71,11 +71,10 @@ def assets_dir() -> Path:
     return path
 
 
-def tiny_dir(name: str) -> Path:
-    """Where the tiny random preset of `name` is written once."""
-    path = cache_dir() / "tiny" / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def tiny_dir(name: str, builder: Callable[[Path], None], label: str) -> Path:
+    """The folder of the tiny / random-weight encoder `name`: generated once by `builder(folder)`, checked against
+    the sha256 of its files on every use and rebuilt with a message when they were edited (`eval.store.build_once`)."""
+    return build_once(cache_dir() / "tiny" / name, builder, label)
 
 
 def is_offline() -> bool:

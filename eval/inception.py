@@ -277,15 +277,13 @@ def _random_state(width_div: int) -> dict[str, torch.Tensor]:
 
 def _tiny_file() -> Path:
     """The tiny preset: the same network with channels / 16, random weights (seed 0), written once as safetensors."""
-    path = tiny_dir("inception") / f"inception-tiny-div{TINY_WIDTH_DIV}-seed{TINY_SEED}.safetensors"
-    if path.exists():
-        return path
+    name = f"inception-tiny-div{TINY_WIDTH_DIV}-seed{TINY_SEED}.safetensors"
 
-    sd = _random_state(TINY_WIDTH_DIV)
-    with atomic_path(path) as tmp:
-        save_file(sd, str(tmp), metadata={"width_div": str(TINY_WIDTH_DIV), "weights": "random",
-                                          "seed": str(TINY_SEED)})
-    return path
+    def build(folder: Path) -> None:
+        save_file(_random_state(TINY_WIDTH_DIV), str(folder / name),
+                  metadata={"width_div": str(TINY_WIDTH_DIV), "weights": "random", "seed": str(TINY_SEED)})
+
+    return tiny_dir(f"inception-div{TINY_WIDTH_DIV}-seed{TINY_SEED}", build, "tiny Inception") / name
 
 
 def resolve_inception(preset: str = "paper", source: str | Path | None = None) -> tuple[str, str, Path | None]:

@@ -34,7 +34,6 @@ from eval.encoders import (
     tiny_dir,
     warn_random,
 )
-from eval.store import atomic_path
 
 NETS = ("alex", "vgg", "squeeze")  # squeeze: SqueezeNet 1.1, PIE-Bench's background LPIPS
 ASSET_FILES = {"alex": "lpips-alex-backbone.safetensors", "vgg": "lpips-vgg-backbone.safetensors"}
@@ -98,15 +97,16 @@ def load_backbone_into(lp_model, features: dict[str, torch.Tensor]) -> None:
 
 def _random_backbone_file(net: str) -> Path:
     """A random backbone (torchvision default init, seed 0) written once, loaded like any backbone file."""
-    path = tiny_dir("lpips") / f"lpips-{net}-random-seed{RANDOM_SEED}.safetensors"
-    if not path.exists():
-        build = {"alex": torchvision.models.alexnet, "vgg": torchvision.models.vgg16,
-                 "squeeze": torchvision.models.squeezenet1_1}[net]
-        features = seeded_init(RANDOM_SEED, lambda: build(weights=None).features)
-        sd = {k: v.contiguous() for k, v in features.state_dict().items()}
-        with atomic_path(path) as tmp:
-            save_file(sd, str(tmp), metadata={"weights": "random", "seed": str(RANDOM_SEED)})
-    return path
+    name = f"lpips-{net}-random-seed{RANDOM_SEED}.safetensors"
+
+    def build(folder: Path) -> None:
+        make = {"alex": torchvision.models.alexnet, "vgg": torchvision.models.vgg16,
+                "squeeze": torchvision.models.squeezenet1_1}[net]
+        features = seeded_init(RANDOM_SEED, lambda: make(weights=None).features)
+        save_file({k: v.contiguous() for k, v in features.state_dict().items()}, str(folder / name),
+                  metadata={"weights": "random", "seed": str(RANDOM_SEED)})
+
+    return tiny_dir(f"lpips-{net}-random-seed{RANDOM_SEED}", build, f"random LPIPS {net} backbone") / name
 
 
 def _torch_home_file(net: str) -> Path:

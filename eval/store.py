@@ -12,9 +12,10 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +151,75 @@ def drop_cache_entry(path: str | os.PathLike, why: str) -> None:
     """Remove a cache file that failed its check, saying so on stderr (the value is then recomputed)."""
     print(f"cache: dropped {path}: {why}; recomputing it", file=sys.stderr, flush=True)
     Path(path).unlink(missing_ok=True)
+
+
+# Generated cache folders (tiny presets, random-weight encoders): built once, checked by content on every use.
+SUMS = ".sha256.json"  # relative path -> sha256 of every file of a built preset, written at build time
+STALE_BUILD_S = 3600  # a temporary build folder older than this belongs to a killed build
+
+
+def _file_sums(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name not in (SUMS, ".complete")}
+
+
+def _matches(dest: Path) -> bool:
+    """A complete preset whose files are exactly those whose sums were written when it was built."""
+    return (dest / ".complete").exists() and read_json(dest / SUMS) == _file_sums(dest)
+
+
+def _verified(dest: Path) -> bool:
+    """`_matches`, saying why not when a complete preset fails it (edited, damaged, or built before checksums)."""
+    if not (dest / ".complete").exists():
+        return False
+    if _matches(dest):
+        return True
+    why = "has no checksums (built by an older version)" if not (dest / SUMS).exists() else \
+        "does not match the checksums written when it was built (edited or damaged)"
+    print(f"cached build {dest} {why}; rebuilding it", file=sys.stderr, flush=True)
+    return False
+
+
+def _clean_stale_builds(dest: Path) -> None:
+    """Temporary folders of killed builds of this preset (`.<name>-<random>`, older than an hour): nothing else."""
+    import time
+
+    pattern = re.compile(rf"^\.{re.escape(dest.name)}-[A-Za-z0-9_]{{8}}$")
+    for p in dest.parent.iterdir():
+        try:
+            if pattern.match(p.name) and p.is_dir() and time.time() - p.stat().st_mtime > STALE_BUILD_S:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def build_once(dest: Path, builder: Callable[[Path], None], label: str) -> Path:
+    """Build a directory of generated files (a tiny preset, a random encoder) once: into a temporary sibling, with
+    the sha256 of every file, marked `.complete`, renamed into place (atomic: concurrent builders are safe; an
+    interrupted build leaves nothing that looks complete). A built directory is checked against its sums on every
+    use and rebuilt, with a message, when its files were edited or damaged. Returns `dest`."""
+    if _verified(dest):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_builds(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        builder(tmp)
+        (tmp / SUMS).write_text(json.dumps(_file_sums(tmp), indent=1))
+        (tmp / ".complete").write_text(label + "\n")
+        try:
+            tmp.rename(dest)
+        except OSError:  # another process finished first (keep it), or an old, edited or incomplete copy (swap)
+            if not _matches(dest):
+                old = dest.with_name(f".{dest.name}-old-{os.getpid()}")
+                try:
+                    dest.rename(old)
+                    tmp.rename(dest)
+                except OSError:  # a concurrent builder swapped first
+                    pass
+                shutil.rmtree(old, ignore_errors=True)
+            if not _matches(dest):
+                raise RuntimeError(f"could not put the tiny preset in place at {dest}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

@@ -158,7 +158,7 @@ def test_edited_metric_cache_entry_is_dropped_with_a_message(tmp_path, capsys):
 
 
 def test_edited_tiny_preset_is_rebuilt_with_a_message(tmp_path, capsys):
-    from methods.common.tiny import build_once
+    from eval.store import build_once
 
     builds = []
 
@@ -171,6 +171,30 @@ def test_edited_tiny_preset_is_rebuilt_with_a_message(tmp_path, capsys):
     (dest / "weights.bin").write_bytes(b"\x01" * 64)
     build_once(dest, builder, "test")
     assert len(builds) == 2 and (dest / "weights.bin").read_bytes() == b"\x00" * 64
+    assert "rebuilding" in capsys.readouterr().err
+
+
+def test_edited_tiny_encoder_weights_are_rebuilt_with_a_message(tmp_path, monkeypatch, capsys):
+    """The metrics' tiny / random encoders (Inception, DINO, CLIP, LPIPS) are cached like the method presets:
+    checked by content on every use."""
+    from eval.dino import DEFAULT_DINO, _tiny_dir, get_dino_model
+    from eval.inception import _tiny_file
+
+    monkeypatch.setenv("I2I_ZOO_CACHE", str(tmp_path))
+    import torch
+    from safetensors.torch import load_file
+
+    file = _tiny_file()
+    original = {k: v.clone() for k, v in load_file(file).items()}  # load_file maps the file: copy it
+    data = file.read_bytes()
+    file.write_bytes(data[:-8] + b"\x00" * 8)  # a weight edited in place
+    assert _tiny_file() == file
+    rebuilt = load_file(file)  # the same seeded weights again (the header's metadata order may differ)
+    assert rebuilt.keys() == original.keys() and all(torch.equal(rebuilt[k], original[k]) for k in original)
+    assert "rebuilding" in capsys.readouterr().err
+    folder = _tiny_dir(get_dino_model(DEFAULT_DINO))
+    (folder / "model.safetensors").unlink()  # damaged: a file gone
+    assert (_tiny_dir(get_dino_model(DEFAULT_DINO)) / "model.safetensors").is_file()
     assert "rebuilding" in capsys.readouterr().err
 
 

@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
-import sys
-import tempfile
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
-from eval.store import cache_dir
+from eval.store import build_once, cache_dir
 
 TINY_VERSION = 3  # 2: sd-turbo scheduler config carries clip_sample=false like the real file; 3: adm-uncond
 #                   middle attention has its GroupNorm (attn_norm_num_groups), as ADM
@@ -169,81 +166,6 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
 
 def tiny_dir(name: str) -> Path:
     return cache_dir() / "tiny" / f"{name}-v{TINY_VERSION}"
-
-
-SUMS = ".sha256.json"  # relative path -> sha256 of every file of a built preset, written at build time
-STALE_BUILD_S = 3600  # a temporary build folder older than this belongs to a killed build
-
-
-def _file_sums(root: Path) -> dict[str, str]:
-    from eval.store import sha256_file
-
-    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name not in (SUMS, ".complete")}
-
-
-def _matches(dest: Path) -> bool:
-    """A complete preset whose files are exactly those whose sums were written when it was built."""
-    from eval.store import read_json
-
-    return (dest / ".complete").exists() and read_json(dest / SUMS) == _file_sums(dest)
-
-
-def _verified(dest: Path) -> bool:
-    """`_matches`, saying why not when a complete preset fails it (edited, damaged, or built before checksums)."""
-    if not (dest / ".complete").exists():
-        return False
-    if _matches(dest):
-        return True
-    why = "has no checksums (built by an older version)" if not (dest / SUMS).exists() else \
-        "does not match the checksums written when it was built (edited or damaged)"
-    print(f"tiny preset {dest} {why}; rebuilding it", file=sys.stderr, flush=True)
-    return False
-
-
-def _clean_stale_builds(dest: Path) -> None:
-    """Temporary folders of killed builds of this preset (`.<name>-<random>`, older than an hour): nothing else."""
-    import re
-    import time
-
-    pattern = re.compile(rf"^\.{re.escape(dest.name)}-[A-Za-z0-9_]{{8}}$")
-    for p in dest.parent.iterdir():
-        try:
-            if pattern.match(p.name) and p.is_dir() and time.time() - p.stat().st_mtime > STALE_BUILD_S:
-                shutil.rmtree(p, ignore_errors=True)
-        except OSError:
-            continue
-
-
-def build_once(dest: Path, builder: Callable[[Path], None], label: str) -> Path:
-    """Build a preset directory once: into a temporary sibling, with the sha256 of every file, marked `.complete`,
-    renamed into place (atomic: concurrent builders are safe; an interrupted build leaves nothing that looks
-    complete). A built preset is checked against its sums and rebuilt when its files were edited. Returns `dest`."""
-    if _verified(dest):
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale_builds(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
-        builder(tmp)
-        (tmp / SUMS).write_text(json.dumps(_file_sums(tmp), indent=1))
-        (tmp / ".complete").write_text(label + "\n")
-        try:
-            tmp.rename(dest)
-        except OSError:  # another process finished first (keep it), or an old, edited or incomplete copy (swap)
-            if not _matches(dest):
-                old = dest.with_name(f".{dest.name}-old-{os.getpid()}")
-                try:
-                    dest.rename(old)
-                    tmp.rename(dest)
-                except OSError:  # a concurrent builder swapped first
-                    pass
-                shutil.rmtree(old, ignore_errors=True)
-            if not _matches(dest):
-                raise RuntimeError(f"could not put the tiny preset in place at {dest}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
 
 
 @cache
