@@ -238,6 +238,17 @@ def test_run_refuses_a_foreign_or_file_out(tmp_path, capsys):
     assert "is a file" in capsys.readouterr().err
 
 
+def test_train_refuses_a_foreign_out_and_marks_its_own(tmp_path):
+    from eval.harness import train
+
+    (tmp_path / "mine.txt").write_text("x")
+    with pytest.raises(ConfigError, match="not an i2i-zoo training folder"):
+        train("cyclegan-turbo", "sample-unpaired", tmp_path, registry=methods, preset="tiny")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+    with pytest.raises(ConfigError, match="is a file"):
+        train("cyclegan-turbo", "sample-unpaired", tmp_path / "mine.txt", registry=methods, preset="tiny")
+
+
 def test_names_that_would_leave_the_run_directory_are_refused(tmp_path, hostile):
     for bad in ("../../x", "..", "/etc", "a/../../b", "a\\b"):
         with pytest.raises(ConfigError, match="cannot be a folder name"):

@@ -169,8 +169,9 @@ def test_kill_9_mid_run_then_resume_completes_without_recomputing(tmp_path):
         import methods, tests.test_runner
         from eval.harness import RunConfig, run
         run(RunConfig(methods=["sdedit"], tasks=["test-edit"], out={str(run_dir)!r}, preset="tiny", quiet=True,
-                      evaluate=False, overrides={{"sdedit": {{"num_inference_steps": 400}}}}), registry=methods)
-    """)
+                      evaluate=False, batch_size=1, overrides={{"sdedit": {{"num_inference_steps": 400}}}}),
+            registry=methods)
+    """)  # one sample per batch: a batch of all N would finish (or not) as a whole, and the kill must land between
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)
     out_dir = run_dir / "outputs" / "sdedit[num_inference_steps=400]" / "test-edit"

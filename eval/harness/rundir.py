@@ -19,6 +19,7 @@ LOCK = "run.lock"
 RUN_LOG = "run.log"  # the run's messages and what third-party libraries logged (eval.harness.progress)
 INPUT_FAILURES = "_inputs"  # failures/_inputs/<task>/<sample>.json: input files that could not be read
 MARKER = ".i2i-zoo-run"  # written by the tool into every run directory it creates; report and cleanups need it
+TRAIN_MARKER = ".i2i-zoo-train"  # likewise for the --out folder of `train` (checkpoints, resumable)
 LOCK_GUARD = ".run.lock.guard"  # an OS file lock serialising the check-and-take-over of run.lock
 INPUT_INDEX = "index.json"  # inputs/<task>/index.json: the content hash every prepared input was written from
 #: The folders and files of a run directory the tool writes (a cleanup looks nowhere else).

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.errors import ConfigError, RunNotFoundError
-from eval.harness.rundir import LOCK, LOCK_GUARD, MANIFEST, MARKER, OWN_DIRS
+from eval.harness.rundir import LOCK, LOCK_GUARD, MANIFEST, MARKER, OWN_DIRS, TRAIN_MARKER
 
 #: Largest --resolution and step count accepted without --allow-large.
 MAX_RESOLUTION = 4096
@@ -47,17 +47,20 @@ def _legacy_run_dir(path: Path) -> bool:
     return isinstance(manifest, dict) and isinstance(manifest.get("run_config"), dict)
 
 
-def prepare_out_dir(out: Path) -> None:
-    """Check `--out` and create it with its marker: a new folder, an empty one, or a run directory of this tool.
+def prepare_out_dir(out: Path, *, training: bool = False) -> None:
+    """Check `--out` and create it with its marker: a new folder, an empty one, or a run directory of this tool
+    (`training`: a training folder of this tool, marked `TRAIN_MARKER`, whose checkpoint a later `train` resumes).
 
     A file, a non-empty folder the tool did not make, or a folder it cannot write (read-only, disk full) is a
     ConfigError naming the fix, before anything is written."""
     from eval.store import atomic_write_text
 
     out = Path(out)
+    marker, what = (TRAIN_MARKER, "training folder") if training else (MARKER, "run directory")
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a folder; pass a folder path for the run directory")
-    if out.is_dir() and not is_run_dir(out) and not _legacy_run_dir(out):
+        raise ConfigError(f"--out {out} is a file, not a folder; pass a folder path for the {what}")
+    ours = (out / marker).is_file() or (not training and _legacy_run_dir(out))
+    if out.is_dir() and not ours:
         try:
             # the lock files and the logs of other processes of this same run (they may start first) are ours
             foreign = next((p for p in out.iterdir() if p.name not in (LOCK, LOCK_GUARD)
@@ -65,14 +68,16 @@ def prepare_out_dir(out: Path) -> None:
         except OSError as err:
             raise ConfigError(f"cannot read --out {out}: {err.strerror or err}") from None
         if foreign is not None:
-            raise ConfigError(f"--out {out} is a non-empty folder that is not an i2i-zoo run directory (no {MARKER} "
-                              f"file, e.g. it holds {foreign.name}); pass a new or empty folder")
+            hint = (f" (a training folder of an i2i-zoo version before this check: create the empty file "
+                    f"{out / marker} to resume it)") if training else ""
+            raise ConfigError(f"--out {out} is a non-empty folder that is not an i2i-zoo {what} (no {marker} "
+                              f"file, e.g. it holds {foreign.name}); pass a new or empty folder{hint}")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        if not is_run_dir(out):
-            atomic_write_text(out / MARKER, "i2i-zoo run directory: written by benchmark.py; do not delete\n")
+        if not (out / marker).is_file():
+            atomic_write_text(out / marker, f"i2i-zoo {what}: written by benchmark.py; do not delete\n")
     except OSError as err:
-        raise ConfigError(f"cannot write the run directory {out}: {err.strerror or err}. Pass a writable --out on a "
+        raise ConfigError(f"cannot write the {what} {out}: {err.strerror or err}. Pass a writable --out on a "
                           "disk with free space") from None
 
 

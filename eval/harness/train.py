@@ -18,6 +18,7 @@ def train(method: str, task: Any, out: str | Path, *, registry: Any, preset: str
     overrides -> coercion -> validation) before the device, dtype and model are touched."""
     from datasets import get_task, task_from_folder
     from eval.harness.preflight import check_device, check_dtype
+    from eval.harness.safety import prepare_out_dir
 
     cls = registry.get(method)
     overrides = dict(overrides or {})
@@ -35,6 +36,7 @@ def train(method: str, task: Any, out: str | Path, *, registry: Any, preset: str
     dtype = check_dtype(dtype, device)
     if isinstance(task, (str, Path)):
         task = task_from_folder(task) if Path(task).is_dir() else get_task(str(task))
+    prepare_out_dir(Path(out), training=True)  # never writes checkpoints into a folder the tool did not make
     model = cls.from_pretrained(weights, preset=preset, device=device, dtype=dtype)
     model.fit(task, config, callback=callback)
     model.save_pretrained(out)
