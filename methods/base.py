@@ -445,6 +445,7 @@ class Translator(ABC):
         from PIL import Image
 
         from eval.harness.runner import sample_seed
+        from eval.harness.safety import output_range_error
 
         def load(x: Any) -> Any:
             if isinstance(x, (str, PathLike)):
@@ -481,8 +482,14 @@ class Translator(ABC):
                 condition=tensor(load(conds[i])) if conds[i] is not None else None,
                 reference=tensor(load(refs[i])) if refs[i] is not None else None, ids=[names[i]])
             gen = torch.Generator(device=device).manual_seed(sample_seed(seed, names[i]))
-            result = self.translate(batch, generator=[gen]).images[0]
-            arr = (result.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round()
+            result = self.translate(batch, generator=[gen]).images[0].detach().float()
+            # the run's output checks: NaN/inf or values outside [0, 1] are an error, never a silently clamped image
+            if not torch.isfinite(result).all():
+                raise FloatingPointError(f"{self.card.name} returned NaN or inf for image {names[i]!r} "
+                                         f"({result.shape[-1]}x{result.shape[-2]} px)")
+            if (why := output_range_error(result)) is not None:
+                raise FloatingPointError(f"{self.card.name}, image {names[i]!r}: {why}")
+            arr = (result.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round()
             out.append(Image.fromarray(arr.astype(np.uint8)))
         return out
 

@@ -110,3 +110,20 @@ def test_training_under_accelerate_never_imports_the_hf_datasets_name(monkeypatc
     model.fit(get_task("sample-unpaired"), {"resolution": 32, "quiet": True, "validation_steps": 0, "viz_freq": 0,
                                             "checkpointing_steps": 0, "max_train_steps": 1})
     assert model.history and model.history[-1]["step"] == 1
+
+
+def test_translate_images_refuses_nan_or_out_of_range_outputs(monkeypatch):
+    """A notebook user gets an error, not a black or clamped image, when a method returns NaN or values outside
+    [0, 1] (the run records both as failures)."""
+    import torch
+
+    from methods.base import TranslationOutput
+
+    model = methods.create("identity", preset="tiny")
+    img = Image.new("RGB", (32, 32), (10, 20, 30))
+    for bad, match in ((float("nan"), "NaN or inf"), (2.0, "outside the \\[0, 1\\] contract")):
+        monkeypatch.setattr(type(model), "translate",
+                            lambda self, batch, generator=None, v=bad: TranslationOutput(
+                                images=torch.full_like(batch.images, v)))
+        with pytest.raises(FloatingPointError, match=match):
+            model.translate_images([img], seed=0)
