@@ -599,20 +599,26 @@ class SSIM(PerImageMetric):
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, *, sigma: float = 1.5, win: int = 11, k1: float = 0.01, k2: float = 0.03,
-         data_range: float = 1.0) -> torch.Tensor:
-    """Per-image Gaussian SSIM of B x C x H x W tensors (differentiable), averaged over channels and valid pixels.
+         data_range: float = 1.0, border: str = "valid") -> torch.Tensor:
+    """Per-image Gaussian SSIM of B x C x H x W tensors (differentiable), averaged over channels and pixels.
 
-    Wang et al. 2004 with an 11 x 11 Gaussian window (sigma 1.5): equals skimage.metrics.structural_similarity(
-    gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1, channel_axis=0), which also averages
-    only where the whole window fits. torchmetrics' StructuralSimilarityIndexMeasure (same window) differs: it
-    reflect-pads and its default reduction also averages the border, so its numbers are not these.
+    Wang et al. 2004 with an 11 x 11 Gaussian window (sigma 1.5). `border="valid"` (the `ssim` metric) averages
+    only where the whole window fits: equals skimage.metrics.structural_similarity(gaussian_weights=True,
+    sigma=1.5, use_sample_covariance=False, data_range=1, channel_axis=0). `border="reflect"` (PIE-Bench's
+    `bg_ssim`) is torchmetrics 1.9's StructuralSimilarityIndexMeasure default: reflect-padded by half a window,
+    variances clamped at 0, every pixel averaged, so its numbers differ from the valid ones.
     """
     import torch
     from torch.nn import functional as F
 
-    if min(x.shape[-2:]) < win:
-        raise ValueError(f"ssim needs images of at least {win} x {win} pixels, got {tuple(x.shape[-2:])}")
+    if border not in ("valid", "reflect"):
+        raise ValueError(f"ssim border must be 'valid' or 'reflect', got {border!r}")
     x, y = x.double(), y.double()
+    if border == "reflect":
+        pad = (win - 1) // 2
+        x, y = F.pad(x, (pad,) * 4, mode="reflect"), F.pad(y, (pad,) * 4, mode="reflect")
+    elif min(x.shape[-2:]) < win:
+        raise ValueError(f"ssim needs images of at least {win} x {win} pixels, got {tuple(x.shape[-2:])}")
     coords = torch.arange(win, dtype=torch.float64, device=x.device) - (win - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
     g = g / g.sum()
@@ -626,6 +632,8 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, sigma: float = 1.5, win: int = 11,
     mu_x, mu_y = blur(x), blur(y)
     sxx = blur(x * x) - mu_x**2
     syy = blur(y * y) - mu_y**2
+    if border == "reflect":
+        sxx, syy = sxx.clamp(min=0), syy.clamp(min=0)
     sxy = blur(x * y) - mu_x * mu_y
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))

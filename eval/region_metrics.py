@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from eval.metrics import INF, ClipScore, DinoStruct, MetricSpec, PerImageMetric, register_metric
+from eval.metrics import INF, ClipScore, DinoStruct, MetricSpec, PerImageMetric, register_metric, ssim
 
 if TYPE_CHECKING:
     import torch
@@ -50,30 +50,6 @@ def background_mse(images: torch.Tensor, inputs: torch.Tensor, masks: torch.Tens
     """Per-image PIE-Bench background MSE (see the module docstring), float64."""
     keep = 1.0 - region(masks).double()
     return ((images.double() * keep - inputs.double() * keep) ** 2).mean(dim=(1, 2, 3))
-
-
-def ssim_reflect(x: torch.Tensor, y: torch.Tensor, *, sigma: float = 1.5, win: int = 11, k1: float = 0.01,
-                 k2: float = 0.03, data_range: float = 1.0) -> torch.Tensor:
-    """Per-image Gaussian SSIM averaged over the whole reflect-padded image (torchmetrics 1.9's default)."""
-    import torch
-    from torch.nn import functional as F
-
-    pad = (win - 1) // 2
-    x = F.pad(x.double(), (pad,) * 4, mode="reflect")
-    y = F.pad(y.double(), (pad,) * 4, mode="reflect")
-    coords = torch.arange(win, dtype=torch.float64, device=x.device) - (win - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    c = x.shape[1]
-    kernel = (g[:, None] * g[None, :]).expand(c, 1, win, win)
-    blur = lambda t: F.conv2d(t, kernel, groups=c)  # noqa: E731
-    mu_x, mu_y = blur(x), blur(y)
-    sxx = (blur(x * x) - mu_x**2).clamp(min=0)
-    syy = (blur(y * y) - mu_y**2).clamp(min=0)
-    sxy = blur(x * y) - mu_x * mu_y
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
-    return s.mean(dim=(1, 2, 3))
 
 
 class _Background(PerImageMetric):
@@ -138,7 +114,7 @@ class BackgroundSSIM(_Background):
                     "reduction)")
 
     def masked(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return ssim_reflect(a, b)
+        return ssim(a, b, border="reflect")
 
 
 @register_metric

@@ -154,7 +154,7 @@ def drop_cache_entry(path: str | os.PathLike, why: str) -> None:
 
 
 # Generated cache folders (tiny presets, random-weight encoders): built once, checked by content on every use.
-SUMS = ".sha256.json"  # relative path -> sha256 of every file of a built preset, written at build time
+SUMS = ".sha256.json"  # relative path -> sha256 of every file of a build, written at build time
 STALE_BUILD_S = 3600  # a temporary build folder older than this belongs to a killed build
 
 
@@ -164,12 +164,12 @@ def _file_sums(root: Path) -> dict[str, str]:
 
 
 def _matches(dest: Path) -> bool:
-    """A complete preset whose files are exactly those whose sums were written when it was built."""
+    """A complete build whose files are exactly those whose sums were written when it was built."""
     return (dest / ".complete").exists() and read_json(dest / SUMS) == _file_sums(dest)
 
 
 def _verified(dest: Path) -> bool:
-    """`_matches`, saying why not when a complete preset fails it (edited, damaged, or built before checksums)."""
+    """`_matches`, saying why not when a complete build fails it (edited, damaged, or built before checksums)."""
     if not (dest / ".complete").exists():
         return False
     if _matches(dest):
@@ -181,7 +181,7 @@ def _verified(dest: Path) -> bool:
 
 
 def _clean_stale_builds(dest: Path) -> None:
-    """Temporary folders of killed builds of this preset (`.<name>-<random>`, older than an hour): nothing else."""
+    """Temporary folders of killed builds of `dest` (`.<name>-<random>`, older than an hour): nothing else."""
     import time
 
     pattern = re.compile(rf"^\.{re.escape(dest.name)}-[A-Za-z0-9_]{{8}}$")
@@ -219,7 +219,7 @@ def build_once(dest: Path, builder: Callable[[Path], None], label: str) -> Path:
                     pass
                 shutil.rmtree(old, ignore_errors=True)
             if not _matches(dest):
-                raise RuntimeError(f"could not put the tiny preset in place at {dest}") from None
+                raise RuntimeError(f"could not put the cached build {label} in place at {dest}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest

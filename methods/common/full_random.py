@@ -136,7 +136,9 @@ def full_random_dir(name: str) -> Path:
 @cache
 def build_full_random(name: str) -> Path:
     """The config-only snapshot of preset `name` (kilobytes), written once (atomic, like the tiny presets)."""
-    from .tiny import build_once, write_clip_tokenizer
+    from eval.store import build_once
+
+    from .tiny import write_clip_tokenizer
 
     if name not in FILES:
         raise KeyError(f"unknown full-random preset {name!r}; known: {', '.join(sorted(FILES))}")

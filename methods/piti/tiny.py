@@ -38,7 +38,7 @@ def _build(dest: Path) -> None:
 @cache
 def build_tiny() -> Path:
     """The tiny preset's directory, built on first use."""
-    from ..common.tiny import build_once
+    from eval.store import build_once
 
     return build_once(tiny_dir(), _build, f"tiny preset {TINY_NAME} v{TINY_VERSION}, seed {SEED}")
 
