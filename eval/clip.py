@@ -228,9 +228,10 @@ def load_clip(model_id: str = DEFAULT_METRIC_CLIP, preset: str = "paper", device
 def _load_clip(model_id: str, preset: str, device: str, source: str | Path | None, strict: bool) -> ClipModel:
     weights, origin, file = resolve_clip(model_id, preset, source)
     if preset == "tiny":
-        name = "local-dir:" + str(_tiny_dir())
+        folder = _tiny_dir()  # built or verified once
+        name = "local-dir:" + str(folder)
         model = open_clip.create_model(name)
-        file = _tiny_dir() / "open_clip_model.safetensors"
+        file = folder / "open_clip_model.safetensors"
         info = EncoderInfo("clip", f"tiny-clip({model_id})", preset, weights, origin, str(file), "")
         return _finish(model, open_clip.get_tokenizer(name), info, model_id, device)
     name, tag = parse_model_id(model_id)

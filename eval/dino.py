@@ -378,8 +378,9 @@ def _load_dino(preset: str, device: str, source: str | Path | None, strict: bool
     weights, origin, file = resolve_dino(preset, source, model_key)
     arch = m.pretrained
     if preset == "tiny":
-        cfg = read_json(_tiny_dir(m) / "config.json")
-        file = _tiny_dir(m) / "model.safetensors"
+        folder = _tiny_dir(m)  # built or verified once
+        cfg = read_json(folder / "config.json")
+        file = folder / "model.safetensors"
         model = _build_from_file(cfg["architecture"], cfg["model_kwargs"], file)
         arch = f"{m.arch}-tiny"
     elif weights == "real" and file is not None and source is not None:
